@@ -1,0 +1,84 @@
+"""Reading benchmark images strictly: 8-bit RGB in, float NCHW [0, 1] out.
+
+The evaluation path refuses what it cannot score honestly (grayscale, alpha, 16-bit) instead of converting
+silently; Pillow would otherwise truncate a 16-bit RGB PNG to 8 bits without a word.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amsr.errors import InputImageError
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bit depth per channel from a PNG's IHDR chunk, or None for other formats."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
+        return head[24]
+    return None
+
+
+def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an 8-bit RGB image as an ``H×W×3`` uint8 array.
+
+    Raises:
+        InputImageError: missing/unreadable file, or a mode other than 8-bit RGB (named in the message).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: no such image file")
+    depth = _png_bit_depth(path)
+    if depth is not None and depth != 8:
+        raise InputImageError(f"{path}: {depth}-bit PNG; amsr-eval scores 8-bit RGB images only")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode != "RGB":
+                kind = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA (alpha channel)", "P": "palette",
+                        "I;16": "16-bit grayscale", "I": "32-bit integer", "F": "float", "1": "1-bit",
+                        "CMYK": "CMYK"}.get(mode, mode)
+                raise InputImageError(f"{path}: {kind} image; amsr-eval needs 8-bit RGB (convert it first)")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise InputImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """``H×W×3`` uint8 → ``1×3×H×W`` float32 in [0, 1]."""
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """``1×3×H×W`` float (any range) → ``H×W×3`` uint8, clamped to [0, 1] and rounded (the SR convention)."""
+    if t.dim() != 4 or t.shape[0] != 1:
+        raise ValueError(f"expected a 1×C×H×W tensor, got {tuple(t.shape)}")
+    arr = t[0].detach().float().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(arr)
+
+
+def save_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
+    """Write an uint8 or uint16 ``H×W[×C]`` array as PNG, atomically."""
+    from PIL import Image
+
+    from amsr.files import atomic_path
+
+    with atomic_path(dest) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+    return Path(dest)
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,49 @@
+"""Shared fixtures: the benchmark data and checkpoints, found through amsr's own path rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amsr import paths
+from amsr.images import list_images, read_rgb8, to_tensor, to_uint8
+from amsr.metrics import psnr_y
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = paths.data_dir()
+    if not (d / "Set5").is_dir():
+        pytest.skip(f"benchmark data not found at {d} (set AMSR_DATA_DIR)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    d = paths.weights_dir()
+    if not d.is_dir():
+        pytest.skip(f"checkpoints not found at {d} (set AMSR_WEIGHTS_DIR)")
+    return d
+
+
+def weight_file(weights_dir: Path, name: str) -> Path:
+    """Path of a shared checkpoint; skip the test with a reason when it is absent."""
+    p = weights_dir / name
+    if not p.is_file():
+        pytest.skip(f"checkpoint {name} not found in {weights_dir}")
+    return p
+
+
+@torch.no_grad()
+def mean_psnr(model: torch.nn.Module, data_dir: Path, set_name: str, scale: int) -> float:
+    """Mean Y-PSNR of ``model`` (forward: [0,1] RGB LR → SR) over one benchmark set."""
+    folder = data_dir / set_name / f"x{scale}"
+    scores = []
+    for lr_path in list_images(folder / "LR"):
+        lr = to_tensor(read_rgb8(lr_path))
+        hr = read_rgb8(folder / "HR" / lr_path.name)
+        scores.append(psnr_y(to_uint8(model(lr)), hr, shave=scale))
+    return float(np.mean(scores))
