@@ -1,7 +1,9 @@
 """Reading benchmark images strictly: 8-bit RGB in, float NCHW [0, 1] out.
 
-The evaluation path refuses what it cannot score honestly (grayscale, alpha, 16-bit) instead of converting
-silently; Pillow would otherwise truncate a 16-bit RGB PNG to 8 bits without a word.
+The evaluation path refuses what it cannot score honestly (alpha, 16-bit, palette, CMYK) instead of
+converting silently; Pillow would otherwise truncate a 16-bit RGB PNG to 8 bits without a word.
+8-bit grayscale is the one exception: Set14 ships two grayscale images and the standard protocol scores them
+as RGB with three equal channels, so they are replicated (and the Y-PSNR is then that of the gray image).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def _png_bit_depth(path: Path) -> int | None:
 
 
 def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an 8-bit RGB image as an ``H×W×3`` uint8 array.
+    """Read an 8-bit RGB (or grayscale, replicated) image as an ``H×W×3`` uint8 array.
 
     Raises:
         InputImageError: missing/unreadable file, or a mode other than 8-bit RGB (named in the message).
@@ -44,11 +46,13 @@ def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
+            if mode == "L":
+                return np.repeat(np.asarray(im, dtype=np.uint8)[..., None], 3, axis=2)
             if mode != "RGB":
-                kind = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA (alpha channel)", "P": "palette",
+                kind = {"LA": "grayscale+alpha", "RGBA": "RGBA (alpha channel)", "P": "palette",
                         "I;16": "16-bit grayscale", "I": "32-bit integer", "F": "float", "1": "1-bit",
                         "CMYK": "CMYK"}.get(mode, mode)
-                raise InputImageError(f"{path}: {kind} image; amsr-eval needs 8-bit RGB (convert it first)")
+                raise InputImageError(f"{path}: {kind} image; amsr needs 8-bit RGB or grayscale (convert it first)")
             return np.asarray(im, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputImageError(f"{path}: cannot decode image ({e})") from None

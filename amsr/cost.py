@@ -1,0 +1,59 @@
+"""Effective cost: multiply-accumulates actually performed for one forward pass with a realised mask.
+
+Dense layers count in full (Conv2d, ConvTranspose2d, Linear); sparse layers report their own work through
+``effective_macs()`` after each call, so a layer applied several times (CARN-M reuses its blocks) counts
+every call. Element-wise ops, normalisation, activations and pixel-shuffle are not counted (the usual SR
+convention: they are a few percent of the total). Attention matmuls are counted by the modules that do
+them (``effective_macs`` on the attention layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    if hasattr(module, "effective_macs"):
+        return int(module.effective_macs())
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return output.numel() * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.ConvTranspose2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return inputs[0].numel() * (module.out_channels // module.groups) * k
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
+def _counts(module: nn.Module) -> bool:
+    return hasattr(module, "effective_macs") or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+
+
+def _inside_counted(name: str, counted: set[str]) -> bool:
+    return any(name.startswith(p + ".") for p in counted)
+
+
+@torch.no_grad()
+def run_counting_macs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Run ``model(x)`` and return (output, multiply-accumulates performed)."""
+    total = 0
+    counted: set[str] = set()
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += _layer_macs(module, inputs, output)
+
+    handles = []
+    for name, m in model.named_modules():
+        # A layer that reports its own effective cost owns its children (e.g. MaskedConv2d.conv).
+        if _counts(m) and not _inside_counted(name, counted):
+            counted.add(name)
+            handles.append(m.register_forward_hook(hook))
+    try:
+        y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return y, total

@@ -1,0 +1,126 @@
+"""The paper's masked 3×3 convolution (Sec. 3.2): unfold + 1×1 conv with the pretrained weights reshaped.
+
+    y = W' · unfold₃ₓ₃(x) + b     where the mask is 1      (W' = W reshaped to out × (in/g·9))
+    y = x                          where the mask is 0      (identity: needs in == out channels)
+
+Two execution paths compute the same values:
+- ``"sparse"`` (inference): gather the 3×3 neighbourhoods of the masked-in pixels only, one matmul,
+  scatter the results into a copy of the input. Work is proportional to the number of masked-in pixels.
+- ``"dense"`` (reference): unfold everywhere, 1×1 conv, then select; used to test the sparse path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amsr.errors import UnsupportedModelError
+
+ExecutionMode = Literal["sparse", "dense"]
+
+
+class MaskContext:
+    """The mask of the image being processed, shared by every masked layer of one model.
+
+    The accelerated model sets it once per forward; layers read it at their own feature size (all body
+    layers of the supported models run at LR resolution; another size gets a nearest-neighbour resize).
+    """
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+    def mask_for(self, feature: torch.Tensor) -> torch.Tensor:
+        """The mask as N×1×h×w float (0/1) matching ``feature``'s spatial size."""
+        if self.mask is None:
+            raise RuntimeError("masked layer called outside an accelerated model's forward (no mask set)")
+        m = self.mask
+        if m.shape[-2:] != feature.shape[-2:]:
+            m = F.interpolate(m, size=feature.shape[-2:], mode="nearest")
+        return m
+
+
+def check_maskable_conv(conv: nn.Module, name: str) -> nn.Conv2d:
+    """Return ``conv`` if it is a 3×3, stride-1, padding-1, in==out ``Conv2d``; raise otherwise."""
+    if not isinstance(conv, nn.Conv2d):
+        raise UnsupportedModelError(f"{name}: expected nn.Conv2d, found {type(conv).__name__}")
+    problems = []
+    if conv.kernel_size != (3, 3):
+        problems.append(f"kernel {conv.kernel_size}")
+    if conv.stride != (1, 1) or conv.dilation != (1, 1):
+        problems.append(f"stride {conv.stride}, dilation {conv.dilation}")
+    if conv.padding != (1, 1) or conv.padding_mode != "zeros":
+        problems.append(f"padding {conv.padding} ({conv.padding_mode})")
+    if conv.in_channels != conv.out_channels:
+        problems.append(f"{conv.in_channels}→{conv.out_channels} channels (identity skip needs in == out)")
+    if problems:
+        raise UnsupportedModelError(f"{name} cannot be masked: {'; '.join(problems)}")
+    return conv
+
+
+class MaskedConv2d(nn.Module):
+    """A pretrained 3×3 conv made sparse: conv where the mask is 1, input passed through where it is 0.
+
+    Holds the original ``nn.Conv2d`` as ``conv`` (same parameters, no copy). Input/output: N×C×H×W float.
+    """
+
+    def __init__(self, conv: nn.Conv2d, context: MaskContext, mode: ExecutionMode = "sparse",
+                 name: str = "conv") -> None:
+        super().__init__()
+        self.conv = check_maskable_conv(conv, name)
+        self.context = context
+        self.mode: ExecutionMode = mode
+        self.last_active: int = 0  # masked-in pixels of the last call (for effective-MAC counting)
+        self.last_total: int = 0
+
+    def _weight_groups(self) -> torch.Tensor:
+        """Weights as ``groups × out/g × (in/g·9)``: the 1×1 conv over the unfolded 3×3 neighbourhood."""
+        g = self.conv.groups
+        w = self.conv.weight
+        return w.reshape(g, w.shape[0] // g, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.context.mask_for(x)
+        self.last_total = x.shape[0] * x.shape[2] * x.shape[3]
+        if self.mode == "dense":
+            self.last_active = self.last_total
+            return self.forward_dense(x, mask)
+        return self.forward_sparse(x, mask)
+
+    def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Reference path: unfold + 1×1 conv at every pixel, then keep the input where the mask is 0."""
+        n, c, h, w = x.shape
+        g = self.conv.groups
+        cols = F.unfold(x, kernel_size=3, padding=1).view(n, g, (c // g) * 9, h * w)
+        y = torch.einsum("gok,ngkp->ngop", self._weight_groups(), cols).reshape(n, -1, h, w)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias.view(1, -1, 1, 1)
+        return torch.where(mask > 0.5, y, x)
+
+    def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Inference path: gather the masked-in 3×3 neighbourhoods, one matmul, scatter into a copy of x."""
+        n_idx, i_idx, j_idx = (mask[:, 0] > 0.5).nonzero(as_tuple=True)
+        self.last_active = int(n_idx.numel())
+        if self.last_active == 0:
+            return x
+        c = x.shape[1]
+        g = self.conv.groups
+        xp = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)  # N×(H+2)×(W+2)×C: one gather per tap
+        taps = [xp[n_idx, i_idx + dy, j_idx + dx] for dy in range(3) for dx in range(3)]
+        patches = torch.stack(taps, dim=2).reshape(-1, g, (c // g) * 9)  # P×g×(C/g·9), channel-major
+        y = torch.einsum("pgk,gok->pgo", patches, self._weight_groups()).reshape(-1, self.conv.out_channels)
+        if self.conv.bias is not None:
+            y = y + self.conv.bias
+        out = x.clone()
+        out[n_idx, :, i_idx, j_idx] = y
+        return out
+
+    def effective_macs(self) -> int:
+        """Multiply-accumulates of the last call: only masked-in pixels are computed."""
+        per_pixel = self.conv.out_channels * (self.conv.in_channels // self.conv.groups) * 9
+        return self.last_active * per_pixel
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"

@@ -1,0 +1,111 @@
+"""Model surgery: apply the method to a network by replacing the layers its rules name.
+
+``accelerate(net, rules, config)`` returns an ``AcceleratedSR``: the same network with its body 3×3 convs
+swapped for ``MaskedConv2d`` (sharing the pretrained parameters) and a ``MaskGenerator`` in front that sets
+the mask for every forward. Works on zoo models (rules from their descriptor) and on a user's own
+``nn.Module`` (rules given as patterns, or found with ``find_identity_convs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from amsr.errors import UnsupportedModelError
+from amsr.mask import MaskConfig, MaskGenerator
+from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
+from amsr.zoo.descriptor import SparseRules
+
+
+def match_modules(net: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Qualified names of ``net``'s modules matching any ``fnmatch`` pattern; each pattern must match."""
+    names = [n for n, _ in net.named_modules() if n]
+    selected: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise UnsupportedModelError(f"rule pattern {pattern!r} matches no module of {type(net).__name__}")
+        selected += [h for h in hits if h not in selected]
+    return selected
+
+
+def find_identity_convs(net: nn.Module) -> list[str]:
+    """Every 3×3 stride-1 conv with in == out channels: candidate body convs of an unknown network.
+
+    A starting point for a user's own model; review it (an upsampler conv with equal channels would match).
+    """
+    out = []
+    for name, m in net.named_modules():
+        try:
+            check_maskable_conv(m, name)
+        except UnsupportedModelError:
+            continue
+        out.append(name)
+    return out
+
+
+def _replace(net: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, child, new)
+
+
+class AcceleratedSR(nn.Module):
+    """A network with AMSR applied: ``forward(x)`` computes the mask of ``x``, then runs the sparse net.
+
+    Input/output as the wrapped network (N×3×H×W float RGB in [0, 1] → N×3×sH×sW). ``last_mask`` keeps the
+    mask of the last call (N×1×H×W, 0/1) so that callers can report its density.
+    """
+
+    def __init__(self, net: nn.Module, config: MaskConfig, context: MaskContext) -> None:
+        super().__init__()
+        self.net = net
+        self.mask_generator = MaskGenerator(config)
+        self.context = context
+        self.last_mask: torch.Tensor | None = None
+
+    @property
+    def config(self) -> MaskConfig:
+        return self.mask_generator.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask_generator(x)
+        self.last_mask = mask
+        self.context.mask = mask
+        try:
+            return self.net(x)
+        finally:
+            self.context.mask = None
+
+    def set_mode(self, mode: ExecutionMode) -> None:
+        """Switch every masked layer between the sparse inference path and the dense reference path."""
+        for m in self.modules():
+            if isinstance(m, MaskedConv2d):
+                m.mode = mode
+
+
+def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskConfig | None = None,
+               mode: ExecutionMode = "sparse", inplace: bool = False) -> AcceleratedSR:
+    """Apply AMSR to ``net``.
+
+    Args:
+        net: the network (forward: N×3×H×W RGB [0, 1] → SR). Copied unless ``inplace``.
+        rules: the architecture's ``SparseRules``, or ``fnmatch`` patterns naming the body 3×3 convs.
+        config: mask settings (blur, dilation, …); defaults to ``MaskConfig()``.
+        mode: ``"sparse"`` computes only masked-in pixels; ``"dense"`` is the reference path.
+
+    Raises:
+        UnsupportedModelError: a pattern matches nothing, or names a layer that cannot be masked.
+    """
+    patterns = rules.convs if isinstance(rules, SparseRules) else tuple(rules)
+    if not patterns:
+        raise UnsupportedModelError(f"no sparse rules for {type(net).__name__}: name its body 3×3 convs")
+    net = net if inplace else copy.deepcopy(net)
+    context = MaskContext()
+    for name in match_modules(net, patterns):
+        _replace(net, name, MaskedConv2d(net.get_submodule(name), context, mode=mode, name=name))
+    return AcceleratedSR(net, config or MaskConfig(), context)
