@@ -17,7 +17,7 @@ Choices the paper leaves open, and why (numbers in README "Mask settings"):
   a sample of the training images converge within 38). scikit-learn's ``KMeans`` with the same
   initialisation is the reference (``kmeans2_mask_sklearn``); the tests check both give the same mask on
   every Set5/Set14 image. Against scikit-learn's default k-means++ (best of 10) the min/max start lands on a
-  neighbouring fixed point on a few images: ≤ 19 pixels differ (Set5 x3 img_001, 0.07 %), inertia within
+  neighbouring fixed point on a few images: ≤ 19 pixels differ (at most 0.12 % of an image), inertia within
   2e-6 relative.
 - Flat image (max − min of the map ≤ ``flat_eps``, one cluster): the mask is all ones — with no evidence of
   where detail is, amsr computes everything rather than risk a silent quality loss.

@@ -72,8 +72,10 @@ class AcceleratedSR(nn.Module):
     def config(self) -> MaskConfig:
         return self.mask_generator.config
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.mask_generator(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (N×1×H×W, 0/1) replaces the generated one: for tests and for callers with their own."""
+        if mask is None:
+            mask = self.mask_generator(x)
         self.last_mask = mask
         self.context.mask = mask
         try:

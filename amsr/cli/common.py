@@ -1,0 +1,60 @@
+"""Argument groups shared by the amsr CLIs, and the error boundary every ``main`` goes through."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from amsr.errors import AmsrError
+from amsr.files import save_bytes
+from amsr.mask import MaskConfig
+from amsr.zoo import architecture_names
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=required, choices=architecture_names(), metavar="NAME",
+                   help=f"zoo model: {', '.join(architecture_names())}")
+    g.add_argument("--scale", type=int, required=required, help="upscaling factor (2, 3 or 4)")
+    g.add_argument("--variant", default="", help="model variant (swinir: classical, lightweight, real)")
+    g.add_argument("--weights", type=Path, help="checkpoint file (default: $AMSR_WEIGHTS_DIR, cache, download)")
+
+
+def add_mask_args(p: argparse.ArgumentParser) -> None:
+    d = MaskConfig()
+    g = p.add_argument_group("mask")
+    g.add_argument("--dilation", type=int, default=d.dilation, help=f"mask dilation radius in LR px (default {d.dilation})")
+    g.add_argument("--blur-size", type=int, default=d.blur_size, help=f"Gaussian kernel size (default {d.blur_size})")
+    g.add_argument("--blur-sigma", type=float, default=d.blur_sigma, help=f"Gaussian sigma (default {d.blur_sigma})")
+
+
+def mask_config_from(args: argparse.Namespace) -> MaskConfig:
+    try:
+        return MaskConfig(blur_size=args.blur_size, blur_sigma=args.blur_sigma, dilation=args.dilation)
+    except ValueError as e:
+        raise AmsrError(str(e)) from None
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    save_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+             argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run ``body``; an ``AmsrError`` becomes one line on stderr and exit status 1."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format=f"{prog}: %(message)s")
+    try:
+        return body(args)
+    except AmsrError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

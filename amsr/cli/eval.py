@@ -1,0 +1,66 @@
+"""``amsr-eval``: dense vs AMSR quality and effective compute of a zoo model on an HR/LR folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from tqdm import tqdm
+
+from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main, write_json
+from amsr.evaluate import EvalReport, evaluate, find_pairs
+from amsr.models import load_model, unwrap_accelerated
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amsr-eval", description=__doc__)
+    add_model_args(p)
+    add_mask_args(p)
+    p.add_argument("--data", required=True, help="folder with HR/ and LR/ of the same file names")
+    p.add_argument("--json", help="write the report here (atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def format_table(r: EvalReport) -> str:
+    lines = [f"{r.model} x{r.scale} on {r.images} image(s)   mask: {r.settings}",
+             f"{'':8}{'PSNR-Y':>9}{'SSIM-Y':>9}{'GMACs':>10}{'density':>9}"]
+    for label, s in (("dense", r.dense), ("amsr", r.amsr)):
+        dens = f"{s.density:9.3f}" if s.density is not None else f"{'':9}"
+        lines.append(f"{label:8}{s.psnr_y:9.3f}{s.ssim_y:9.4f}{s.gmacs:10.3f}{dens}")
+    saved = 1 - r.amsr.gmacs / r.dense.gmacs if r.dense.gmacs else 0.0
+    lines.append(f"{'Δ':8}{r.amsr.psnr_y - r.dense.psnr_y:+9.3f}{r.amsr.ssim_y - r.dense.ssim_y:+9.4f}"
+                 f"{-100 * saved:+9.1f}%")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    pairs = find_pairs(args.data)
+    config = mask_config_from(args)
+    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    acc = model.accelerated(config)
+    inner = unwrap_accelerated(acc)
+
+    def density() -> float:
+        assert inner.last_mask is not None
+        return float(inner.last_mask.mean())
+
+    def progress(it):  # type: ignore[no-untyped-def]
+        return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
+
+    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, asdict(config), progress)
+    print(format_table(report))
+    if args.json:
+        write_json(args.json, report.to_json())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("amsr-eval", _run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

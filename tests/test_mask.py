@@ -1,0 +1,94 @@
+"""The mask generator: scikit-learn parity on real images, flat/tiny images, dilation, batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amsr.images import list_images, read_rgb8, to_tensor
+from amsr.mask import (MaskConfig, MaskGenerator, dilate, gaussian_kernel, high_frequency_map,
+                       kmeans2_mask_sklearn)
+
+
+def _lr_images(data_dir: Path) -> list[Path]:
+    return [p for s in ("Set5", "Set14") for sc in (2, 3, 4) for p in list_images(data_dir / s / f"x{sc}" / "LR")]
+
+
+def test_torch_kmeans_matches_sklearn_on_every_benchmark_image(data_dir: Path) -> None:
+    cfg = MaskConfig(dilation=0)
+    gen = MaskGenerator(cfg)
+    images = _lr_images(data_dir)
+    assert len(images) == 3 * (5 + 14)
+    for p in images:
+        x = to_tensor(read_rgb8(p))
+        ours = gen(x)[0, 0].numpy() > 0.5
+        hf = high_frequency_map(x, gaussian_kernel(cfg.blur_size, cfg.blur_sigma))[0, 0].numpy()
+        ref = kmeans2_mask_sklearn(hf, cfg)
+        assert np.array_equal(ours, ref), f"{p}: {int((ours != ref).sum())} pixels differ from scikit-learn"
+        assert 0.05 < ours.mean() < 0.95, f"{p}: degenerate mask density {ours.mean():.3f}"
+
+
+def test_deterministic_start_is_close_to_kmeanspp(data_dir: Path) -> None:
+    """The min/max start may land on a neighbouring fixed point of k-means++; by at most a few pixels."""
+    cfg = MaskConfig(dilation=0)
+    for p in list_images(data_dir / "Set5" / "x4" / "LR"):
+        x = to_tensor(read_rgb8(p))
+        hf = high_frequency_map(x, gaussian_kernel(cfg.blur_size, cfg.blur_sigma))[0, 0].numpy()
+        ours = MaskGenerator(cfg)(x)[0, 0].numpy() > 0.5
+        pp = kmeans2_mask_sklearn(hf, cfg, init="k-means++")
+        assert (ours != pp).mean() < 2e-3
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
+def test_flat_image_gives_all_ones(value: float) -> None:
+    x = torch.full((1, 3, 20, 30), value)
+    m = MaskGenerator()(x)
+    assert m.shape == (1, 1, 20, 30)
+    assert bool((m == 1).all())
+    assert kmeans2_mask_sklearn(np.zeros((20, 30), np.float32)).all()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4)])
+def test_tiny_images_work(size: tuple[int, int]) -> None:
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    m = MaskGenerator()(x)
+    assert m.shape == (1, 1, *size)
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_mask_is_per_image_in_a_batch() -> None:
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(1, 3, 24, 24, generator=g)
+    b = torch.zeros(1, 3, 24, 24)
+    b[..., 8:16, 8:16] = 1.0
+    gen = MaskGenerator()
+    both = gen(torch.cat([a, b]))
+    assert torch.equal(both[0:1], gen(a)) and torch.equal(both[1:2], gen(b))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_dilation_grows_a_point_to_a_square(radius: int) -> None:
+    m = torch.zeros(1, 1, 15, 15)
+    m[0, 0, 7, 7] = 1
+    d = dilate(m, radius)
+    assert int(d.sum()) == (2 * radius + 1) ** 2
+    assert d[0, 0, 7 - radius, 7 + radius] == 1
+
+
+def test_dilation_never_shrinks_the_mask(data_dir: Path) -> None:
+    x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / "img_001.png"))
+    prev = None
+    for d in range(4):
+        m = MaskGenerator(MaskConfig(dilation=d))(x)
+        if prev is not None:
+            assert bool((m >= prev).all()) and m.sum() > prev.sum()
+        prev = m
+
+
+@pytest.mark.parametrize("kwargs", [{"blur_size": 4}, {"blur_sigma": 0.0}, {"dilation": -1}, {"kmeans_iters": 0}])
+def test_bad_config_is_rejected(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        MaskConfig(**kwargs)  # type: ignore[arg-type]

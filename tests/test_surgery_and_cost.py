@@ -1,0 +1,90 @@
+"""Surgery on a user's own network, and effective-MAC counting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from amsr.cost import run_counting_macs
+from amsr.errors import UnsupportedModelError
+from amsr.mask import MaskConfig
+from amsr.sparse_conv import MaskedConv2d
+from amsr.surgery import accelerate, find_identity_convs
+
+
+class TinySR(nn.Module):
+    """A user's model: head conv, two residual blocks, pixel-shuffle x2 tail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+                                  for _ in range(2))
+        self.fuse = nn.Conv2d(8, 8, 1)
+        self.tail = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.head(x)
+        for b in self.body:
+            f = f + b(f)
+        return self.tail(self.fuse(f))
+
+
+def _net() -> TinySR:
+    torch.manual_seed(0)
+    return TinySR().eval()
+
+
+def test_find_identity_convs_lists_the_body() -> None:
+    assert find_identity_convs(_net()) == ["body.0.0", "body.0.2", "body.1.0", "body.1.2"]
+
+
+def test_accelerate_user_model_with_patterns() -> None:
+    net = _net()
+    acc = accelerate(net, ["body.*.0", "body.*.2"], MaskConfig(dilation=0))
+    masked = [n for n, m in acc.named_modules() if isinstance(m, MaskedConv2d)]
+    assert masked == ["net.body.0.0", "net.body.0.2", "net.body.1.0", "net.body.1.2"]
+    assert not any(isinstance(m, MaskedConv2d) for m in net.modules()), "the original must stay dense"
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert (acc(x, mask=torch.ones(1, 1, 16, 16)) - net(x)).abs().max() < 1e-5
+        y = acc(x)
+    assert y.shape == (1, 3, 32, 32)
+    assert acc.last_mask is not None and 0 < float(acc.last_mask.mean()) < 1
+
+
+@pytest.mark.parametrize("patterns, msg", [(["nothing.*"], "matches no module"), (["fuse"], "kernel"),
+                                           (["tail.0"], "channels"), ([], "no sparse rules")])
+def test_bad_rules_are_clear_errors(patterns: list[str], msg: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=msg):
+        accelerate(_net(), patterns)
+
+
+def test_dense_macs_follow_the_formula() -> None:
+    net = _net()
+    _, macs = run_counting_macs(net, torch.rand(1, 3, 10, 12))
+    hw = 10 * 12
+    expected = hw * 8 * 3 * 9 + 4 * hw * 8 * 8 * 9 + hw * 8 * 8 + hw * 12 * 8 * 9
+    assert macs == expected
+
+
+def test_sparse_macs_scale_with_the_realised_mask() -> None:
+    net = _net()
+    acc = accelerate(net, ["body.*.0", "body.*.2"])
+    x = torch.rand(1, 3, 10, 12)
+    _, dense = run_counting_macs(net, x)
+    mask = torch.zeros(1, 1, 10, 12)
+    mask[..., :3, :] = 1  # 36 of 120 pixels
+    _, sparse = run_counting_macs(_Fixed(acc, mask), x)
+    body_dense = 4 * 120 * 8 * 8 * 9
+    assert dense - sparse == body_dense - 4 * 36 * 8 * 8 * 9
+
+
+class _Fixed(nn.Module):
+    def __init__(self, acc: nn.Module, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.acc, self.mask = acc, mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.acc(x, mask=self.mask)
