@@ -3,9 +3,7 @@ paths and sparse rules."""
 
 from __future__ import annotations
 
-import hashlib
 import re
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,8 @@ from amsr.zoo.fsrcnn import ARCH
 from amsr.zoo.fsrcnn_arch import FSRCNN, LumaSR
 from amsr.zoo.imdn_arch import IMDN
 from amsr.zoo.pan_arch import PAN
-from tests.conftest import mean_psnr, weight_file
+from tests.conftest import weight_file
+from tests.zoo.checks import assert_official_psnr, assert_sha256_matches_shared_file, conv_rule_matches
 
 # Set5 Y-PSNR of the shared files as measured for shared/README.md (the repository's README claims
 # 37.12 / 33.22 / 30.50 with its own PIL-made LR images).
@@ -94,17 +93,13 @@ def test_detect_rejects_other_shared_checkpoints(weights_dir: Path, name: str) -
 
 
 def test_sha256_matches_shared_file(weights_dir: Path) -> None:
-    w = ARCH.weight_file(4)
-    assert hashlib.sha256(weight_file(weights_dir, w.filename).read_bytes()).hexdigest() == w.sha256
+    assert_sha256_matches_shared_file(ARCH, weights_dir, 4)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [2, 4])
 def test_official_checkpoint_set5(data_dir: Path, weights_dir: Path, scale: int) -> None:
-    sd = load_checkpoint(weight_file(weights_dir, f"fsrcnn_y_x{scale}.pth"))
-    assert ARCH.detect(sd)
-    psnr = mean_psnr(ARCH.build(sd, scale), data_dir, "Set5", scale)
-    assert psnr == pytest.approx(MEASURED[scale], abs=0.05)
+    assert_official_psnr(ARCH, data_dir, weights_dir, f"fsrcnn_y_x{scale}.pth", scale, MEASURED[scale])
 
 
 @pytest.mark.parametrize("key", ["mid_part.5.weight", "mid_part.4.bias", "last_part.bias"])
@@ -141,13 +136,4 @@ def test_wrong_scale(scale: int) -> None:
 
 def test_sparse_rules_select_body_3x3_convs() -> None:
     model = ARCH.build(_official_sd(3), 3)
-    selected: set[str] = set()
-    for pattern in ARCH.rules.convs:
-        hits = {n: m for n, m in model.named_modules() if fnmatchcase(n, pattern)}
-        assert hits, f"{pattern!r} matches nothing"
-        for name, m in hits.items():
-            assert isinstance(m, nn.Conv2d), name
-            assert m.kernel_size == (3, 3) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1, name
-            assert m.in_channels == m.out_channels, name
-        selected |= set(hits)
-    assert selected == {"net.mid_part.2", "net.mid_part.4", "net.mid_part.6", "net.mid_part.8"}
+    assert conv_rule_matches(ARCH, model) == {"net.mid_part.2", "net.mid_part.4", "net.mid_part.6", "net.mid_part.8"}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
@@ -18,7 +16,8 @@ from amsr.zoo.fsrcnn_arch import FSRCNN
 from amsr.zoo.imdn_arch import IMDN
 from amsr.zoo.pan import ARCH
 from amsr.zoo.pan_arch import PAN
-from tests.conftest import mean_psnr, weight_file
+from tests.conftest import weight_file
+from tests.zoo.checks import assert_official_psnr, assert_sha256_matches_shared_file, conv_rule_matches
 
 # Set5 Y-PSNR of the official files (shared/README.md, equal to the paper's figures).
 PUBLISHED = {2: 38.00, 3: 34.40, 4: 32.13}
@@ -70,17 +69,13 @@ def test_detect_rejects_other_shared_checkpoints(weights_dir: Path, name: str) -
 
 
 def test_sha256_matches_shared_file(weights_dir: Path) -> None:
-    w = ARCH.weight_file(4)
-    assert hashlib.sha256(weight_file(weights_dir, w.filename).read_bytes()).hexdigest() == w.sha256
+    assert_sha256_matches_shared_file(ARCH, weights_dir, 4)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", [3, 4])
 def test_official_checkpoint_set5(data_dir: Path, weights_dir: Path, scale: int) -> None:
-    sd = load_checkpoint(weight_file(weights_dir, f"pan_x{scale}.pth"))
-    assert ARCH.detect(sd)
-    psnr = mean_psnr(ARCH.build(sd, scale), data_dir, "Set5", scale)
-    assert psnr == pytest.approx(PUBLISHED[scale], abs=0.05)
+    assert_official_psnr(ARCH, data_dir, weights_dir, f"pan_x{scale}.pth", scale, PUBLISHED[scale])
 
 
 @pytest.mark.parametrize("key", ["SCPA_trunk.7.PAConv.k4.weight", "SCPA_trunk.15.conv3.weight", "att2.conv.bias"])
@@ -110,14 +105,8 @@ def test_wrong_scale(have: int, want: int) -> None:
 
 def test_sparse_rules_select_body_3x3_convs() -> None:
     model = ARCH.build(_official_sd(4), 4)
-    selected: set[str] = set()
+    selected = conv_rule_matches(ARCH, model)
     for pattern in ARCH.rules.convs:
-        hits = {n: m for n, m in model.named_modules() if fnmatchcase(n, pattern)}
-        assert len(hits) == 16, f"{pattern!r} matches {len(hits)} modules"
-        for name, m in hits.items():
-            assert isinstance(m, nn.Conv2d), name
-            assert m.kernel_size == (3, 3) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1, name
-            assert m.in_channels == m.out_channels, name
-        selected |= set(hits)
+        assert sum(fnmatchcase(n, pattern) for n in selected) == 16, pattern
     assert len(selected) == 48
     assert not any(n.startswith(("conv_first", "trunk_conv", "upconv", "HRconv", "conv_last")) for n in selected)
