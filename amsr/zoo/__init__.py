@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "imdtn": "imdtn",
     "hit_srf": "hit_srf",
     "swinir": "swinir",
+    "ngswin": "ngswin",
 }
 
 __all__ = ["Architecture", "SizeRequirements", "SparseRules", "StateDict", "WeightFile",
