@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -15,10 +14,19 @@ from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.descriptor import StateDict
 from amsr.zoo.hit_srf import infer_config
-from amsr.zoo.hit_srf_arch import (HierarchicalTransformerBlock, HiTSRF, HiTSRFConfig, SpatialChannelCorrelation,
-                                   mirror_index, pad_to_windows, window_partition, window_reverse)
+from amsr.zoo.hit_srf_arch import (
+    HierarchicalTransformerBlock,
+    HiTSRF,
+    HiTSRFConfig,
+    SpatialChannelCorrelation,
+    mirror_index,
+    pad_to_windows,
+    window_partition,
+    window_reverse,
+)
 from amsr.zoo.padding import PaddedSR
 from tests.conftest import mean_psnr, weight_file
+from tests.zoo.checks import assert_sha256_matches_shared_file
 
 ARCH = get_architecture("hit_srf")
 # Small but complete: one group with all six hierarchical windows (4…64), one shorter group.
@@ -58,9 +66,8 @@ def test_random_checkpoint_roundtrip(tmp_path: Path, upsampler: str, scale: int)
 
 
 def test_real_checkpoint_layout_and_sha(weights_dir: Path) -> None:
-    path = weight_file(weights_dir, "hit_srf_x4.pth")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == ARCH.weight_file(4).sha256
-    sd = load_checkpoint(path)
+    assert_sha256_matches_shared_file(ARCH, weights_dir, 4)
+    sd = load_checkpoint(weight_file(weights_dir, "hit_srf_x4.pth"))
     assert ARCH.detect(sd)
     assert infer_config(sd, 4) == HiTSRFConfig()  # the official defaults: 60 ch, 4×6 blocks, 6 heads, ratio 2
     own = {k: tuple(v.shape) for k, v in HiTSRF(HiTSRFConfig()).state_dict().items()}
@@ -101,6 +108,13 @@ def test_detect_rejects_swinir_and_hit_sir() -> None:
     assert not ARCH.detect(swinir)
     hit_sir = {k: v for k, v in _random_net(SMALL).state_dict().items() if ".dwconv." not in k}  # plain-MLP sibling
     assert not ARCH.detect(hit_sir)
+
+
+def test_detect_rejects_every_other_shared_checkpoint(weights_dir: Path) -> None:
+    others = sorted(p for p in weights_dir.glob("*.pth") if p.name != "hit_srf_x4.pth")
+    if not others:
+        pytest.skip(f"no other checkpoints in {weights_dir}")
+    assert [p.name for p in others if ARCH.detect(load_checkpoint(p))] == []
 
 
 def test_window_patterns_select_every_block() -> None:
