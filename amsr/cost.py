@@ -3,8 +3,14 @@
 Dense layers count in full (Conv2d, ConvTranspose2d, Linear); sparse layers report their own work through
 ``effective_macs()`` after each call, so a layer applied several times (CARN-M reuses its blocks) counts
 every call. Element-wise ops, normalisation, activations and pixel-shuffle are not counted (the usual SR
-convention: they are a few percent of the total). Attention matmuls are counted by the modules that do
-them (``effective_macs`` on the attention layer).
+convention: they are a few percent of the total).
+
+Two hooks let a module report work the layer types above cannot see:
+- ``effective_macs()``: the module's whole cost of its last call; it owns its children (they are not counted
+  again). Sparse layers (``MaskedConv2d``, ``MaskedSwinBlock``) use it.
+- ``extra_macs(inputs, output)``: the cost of the module's own tensor ops, added to what its children count.
+  Attention layers use it for the q·kᵀ and attn·v matmuls (``WindowAttention``); their Linear children count
+  the projections.
 """
 
 from __future__ import annotations
@@ -45,12 +51,20 @@ def run_counting_macs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
         nonlocal total
         total += _layer_macs(module, inputs, output)
 
+    def extra_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        total += int(module.extra_macs(inputs, output))  # type: ignore[operator]
+
     handles = []
     for name, m in model.named_modules():
+        if _inside_counted(name, counted):
+            continue
         # A layer that reports its own effective cost owns its children (e.g. MaskedConv2d.conv).
-        if _counts(m) and not _inside_counted(name, counted):
+        if _counts(m):
             counted.add(name)
             handles.append(m.register_forward_hook(hook))
+        elif hasattr(m, "extra_macs"):  # its children are counted too
+            handles.append(m.register_forward_hook(extra_hook))
     try:
         y = model(x)
     finally:

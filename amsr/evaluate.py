@@ -68,6 +68,7 @@ class Scores:
     ssim_y: float
     gmacs: float
     density: float | None = None
+    windows: float | None = None  # selected / all windows of the masked transformer blocks (None: none)
 
 
 @dataclass
@@ -89,38 +90,44 @@ class EvalReport:
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
-        if d["dense"].get("density") is None:
-            d["dense"].pop("density")
-        for row in d["per_image"]:
-            row["dense"].pop("density", None)
+        for scores in (d["dense"], d["amsr"], *(s for row in d["per_image"] for s in (row["dense"], row["amsr"]))):
+            for key in ("density", "windows"):
+                if scores.get(key) is None:
+                    scores.pop(key, None)
         return d
 
 
 def score(model: nn.Module, lr: np.ndarray, hr: np.ndarray, scale: int,
-          density_of: Callable[[], float] | None = None) -> Scores:
+          density_of: Callable[[], float] | None = None,
+          windows_of: Callable[[], float | None] | None = None) -> Scores:
     """Run ``model`` on one LR image and score it against HR."""
     sr, macs = run_counting_macs(model, to_tensor(lr))
     out = to_uint8(sr)
     return Scores(psnr_y(out, hr, scale), ssim_y(out, hr, scale), macs / 1e9,
-                  density_of() if density_of else None)
+                  density_of() if density_of else None, windows_of() if windows_of else None)
 
 
 def _mean(rows: Iterable[Scores]) -> Scores:
     rows = list(rows)
     dens = [r.density for r in rows if r.density is not None]
+    wins = [r.windows for r in rows if r.windows is not None]
     return Scores(float(np.mean([r.psnr_y for r in rows])), float(np.mean([r.ssim_y for r in rows])),
-                  float(np.mean([r.gmacs for r in rows])), float(np.mean(dens)) if dens else None)
+                  float(np.mean([r.gmacs for r in rows])), float(np.mean(dens)) if dens else None,
+                  float(np.mean(wins)) if wins else None)
 
 
 @torch.no_grad()
 def evaluate(name: str, scale: int, dense: nn.Module, accelerated: nn.Module, density_of: Callable[[], float],
              pairs: list[ImagePair], settings: dict[str, object],
-             progress: Callable[[Iterable[ImagePair]], Iterable[ImagePair]] = iter) -> EvalReport:
-    """Score ``dense`` and ``accelerated`` on every pair; ``density_of()`` reads the last mask's density."""
+             progress: Callable[[Iterable[ImagePair]], Iterable[ImagePair]] = iter,
+             windows_of: Callable[[], float | None] | None = None) -> EvalReport:
+    """Score ``dense`` and ``accelerated`` on every pair; ``density_of()`` reads the last mask's density and
+    ``windows_of()`` (optional) the fraction of transformer windows computed in the last forward."""
     for pair in pairs:  # fail on a bad pair before spending minutes on the good ones
         load_pair(pair, scale)
     rows = []
     for pair in progress(pairs):
         lr, hr = load_pair(pair, scale)
-        rows.append(ImageResult(pair.name, score(dense, lr, hr, scale), score(accelerated, lr, hr, scale, density_of)))
+        rows.append(ImageResult(pair.name, score(dense, lr, hr, scale),
+                                score(accelerated, lr, hr, scale, density_of, windows_of)))
     return EvalReport(name, scale, len(rows), settings, _mean(r.dense for r in rows), _mean(r.amsr for r in rows), rows)

@@ -43,6 +43,9 @@ class MaskConfig:
         dilation: radius d of the square max-pool (kernel 2d+1) applied to the binary mask; 0 = none.
         kmeans_iters: Lloyd iterations of the torch 2-means (fixed, so the ONNX graph is static).
         flat_eps: a high-frequency map whose range is at most this (on [0, 1] input) counts as flat.
+        window_threshold: transformer blocks (``MaskedSwinBlock``) compute a window when the mean of the
+            mask over its tokens is ≥ this fraction: 0 computes every window, 1 only fully masked-in ones,
+            above 1 none. Ignored by models without window rules.
     """
 
     blur_size: int = 5
@@ -50,6 +53,7 @@ class MaskConfig:
     dilation: int = 1
     kmeans_iters: int = 50
     flat_eps: float = 1e-6
+    window_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.blur_size < 1 or self.blur_size % 2 == 0:
@@ -60,6 +64,8 @@ class MaskConfig:
             raise ValueError(f"dilation must be ≥ 0, got {self.dilation}")
         if self.kmeans_iters < 1:
             raise ValueError(f"kmeans_iters must be ≥ 1, got {self.kmeans_iters}")
+        if not self.window_threshold >= 0:  # also refuses NaN
+            raise ValueError(f"window_threshold must be ≥ 0, got {self.window_threshold}")
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:

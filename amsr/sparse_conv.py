@@ -34,11 +34,15 @@ class MaskContext:
 
     def mask_for(self, feature: torch.Tensor) -> torch.Tensor:
         """The mask as N×1×h×w float (0/1) matching ``feature``'s spatial size."""
+        return self.mask_at((feature.shape[-2], feature.shape[-1]))
+
+    def mask_at(self, size: tuple[int, int]) -> torch.Tensor:
+        """The mask as N×1×h×w float (0/1) for an ``h×w`` feature map (token layers have no NCHW tensor)."""
         if self.mask is None:
             raise RuntimeError("masked layer called outside an accelerated model's forward (no mask set)")
         m = self.mask
-        if m.shape[-2:] != feature.shape[-2:]:
-            m = F.interpolate(m, size=feature.shape[-2:], mode="nearest")
+        if tuple(m.shape[-2:]) != tuple(size):
+            m = F.interpolate(m, size=size, mode="nearest")
         return m
 
 

@@ -1,9 +1,10 @@
 """Model surgery: apply the method to a network by replacing the layers its rules name.
 
 ``accelerate(net, rules, config)`` returns an ``AcceleratedSR``: the same network with its body 3×3 convs
-swapped for ``MaskedConv2d`` (sharing the pretrained parameters) and a ``MaskGenerator`` in front that sets
-the mask for every forward. Works on zoo models (rules from their descriptor) and on a user's own
-``nn.Module`` (rules given as patterns, or found with ``find_identity_convs``).
+swapped for ``MaskedConv2d`` and its Swin blocks for ``MaskedSwinBlock`` (both sharing the pretrained
+parameters), and a ``MaskGenerator`` in front that sets the mask for every forward. Works on zoo models
+(rules from their descriptor) and on a user's own ``nn.Module`` (rules given as patterns or ``SparseRules``,
+or found with ``find_identity_convs``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,24 @@ from torch import nn
 from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
+from amsr.sparse_window import MaskedSwinBlock
 from amsr.zoo.descriptor import SparseRules
+from amsr.zoo.swinir_arch import SwinTransformerBlock
 
 
-def match_modules(net: nn.Module, patterns: Iterable[str]) -> list[str]:
-    """Qualified names of ``net``'s modules matching any ``fnmatch`` pattern; each pattern must match."""
-    names = [n for n, _ in net.named_modules() if n]
+def match_modules(net: nn.Module, patterns: Iterable[str], of_type: type[nn.Module] | None = None) -> list[str]:
+    """Qualified names of ``net``'s modules matching any ``fnmatch`` pattern; each pattern must match.
+
+    ``fnmatch``'s ``*`` also matches dots, so ``layers.*.blocks.*`` names the blocks' children too; ``of_type``
+    keeps only modules of that type (e.g. the Swin blocks themselves).
+    """
+    names = [n for n, m in net.named_modules() if n and (of_type is None or isinstance(m, of_type))]
     selected: list[str] = []
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise UnsupportedModelError(f"rule pattern {pattern!r} matches no module of {type(net).__name__}")
+            what = "module" if of_type is None else of_type.__name__
+            raise UnsupportedModelError(f"rule pattern {pattern!r} matches no {what} of {type(net).__name__}")
         selected += [h for h in hits if h not in selected]
     return selected
 
@@ -86,8 +94,14 @@ class AcceleratedSR(nn.Module):
     def set_mode(self, mode: ExecutionMode) -> None:
         """Switch every masked layer between the sparse inference path and the dense reference path."""
         for m in self.modules():
-            if isinstance(m, MaskedConv2d):
+            if isinstance(m, (MaskedConv2d, MaskedSwinBlock)):
                 m.mode = mode
+
+    def window_fraction(self) -> float | None:
+        """Selected / all windows over every masked Swin block in the last forward; ``None`` without any."""
+        blocks = [m for m in self.modules() if isinstance(m, MaskedSwinBlock)]
+        total = sum(m.last_total for m in blocks)
+        return sum(m.last_selected for m in blocks) / total if total else None
 
 
 def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskConfig | None = None,
@@ -96,18 +110,34 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
 
     Args:
         net: the network (forward: N×3×H×W RGB [0, 1] → SR). Copied unless ``inplace``.
-        rules: the architecture's ``SparseRules``, or ``fnmatch`` patterns naming the body 3×3 convs.
-        config: mask settings (blur, dilation, …); defaults to ``MaskConfig()``.
-        mode: ``"sparse"`` computes only masked-in pixels; ``"dense"`` is the reference path.
+        rules: the architecture's ``SparseRules`` (``convs``: body 3×3 convs; ``windows``: Swin blocks), or
+            ``fnmatch`` patterns naming the body 3×3 convs.
+        config: mask settings (blur, dilation, window threshold, …); defaults to ``MaskConfig()``.
+        mode: ``"sparse"`` computes only masked-in pixels / selected windows; ``"dense"`` is the reference path.
 
     Raises:
         UnsupportedModelError: a pattern matches nothing, or names a layer that cannot be masked.
     """
-    patterns = rules.convs if isinstance(rules, SparseRules) else tuple(rules)
-    if not patterns:
+    if isinstance(rules, SparseRules):
+        conv_patterns, window_patterns = rules.convs, rules.windows
+    else:
+        conv_patterns, window_patterns = tuple(rules), ()
+    if not conv_patterns and not window_patterns:
         raise UnsupportedModelError(f"no sparse rules for {type(net).__name__}: name its body 3×3 convs")
+    config = config or MaskConfig()
     net = net if inplace else copy.deepcopy(net)
     context = MaskContext()
-    for name in match_modules(net, patterns):
-        _replace(net, name, MaskedConv2d(net.get_submodule(name), context, mode=mode, name=name))
-    return AcceleratedSR(net, config or MaskConfig(), context)
+    # Build (and so check) every replacement before swapping any, so that names refer to the original tree.
+    new: dict[str, nn.Module] = {
+        name: MaskedConv2d(net.get_submodule(name), context, mode=mode, name=name)
+        for name in (match_modules(net, conv_patterns) if conv_patterns else [])}
+    blocks = match_modules(net, window_patterns, SwinTransformerBlock) if window_patterns else []
+    inside = [n for n in new if any(n.startswith(b + ".") for b in blocks)]
+    if inside:
+        raise UnsupportedModelError(f"conv rules name {len(inside)} layer(s) inside masked Swin blocks "
+                                    f"(e.g. {inside[0]}): a block is masked as a whole")
+    for name in blocks:
+        new[name] = MaskedSwinBlock(net.get_submodule(name), context, config.window_threshold, mode=mode, name=name)
+    for name, module in new.items():
+        _replace(net, name, module)
+    return AcceleratedSR(net, config, context)

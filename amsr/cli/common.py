@@ -30,11 +30,15 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dilation", type=int, default=d.dilation, help=f"mask dilation radius in LR px (default {d.dilation})")
     g.add_argument("--blur-size", type=int, default=d.blur_size, help=f"Gaussian kernel size (default {d.blur_size})")
     g.add_argument("--blur-sigma", type=float, default=d.blur_sigma, help=f"Gaussian sigma (default {d.blur_sigma})")
+    g.add_argument("--window-threshold", type=float, default=d.window_threshold,
+                   help="transformer blocks compute a window when its mean mask is ≥ this "
+                        f"(0: all windows; default {d.window_threshold})")
 
 
 def mask_config_from(args: argparse.Namespace) -> MaskConfig:
     try:
-        return MaskConfig(blur_size=args.blur_size, blur_sigma=args.blur_sigma, dilation=args.dilation)
+        return MaskConfig(blur_size=args.blur_size, blur_sigma=args.blur_sigma, dilation=args.dilation,
+                          window_threshold=args.window_threshold)
     except ValueError as e:
         raise AmsrError(str(e)) from None
 

@@ -34,6 +34,8 @@ def format_table(r: EvalReport) -> str:
     saved = 1 - r.amsr.gmacs / r.dense.gmacs if r.dense.gmacs else 0.0
     lines.append(f"{'Δ':8}{r.amsr.psnr_y - r.dense.psnr_y:+9.3f}{r.amsr.ssim_y - r.dense.ssim_y:+9.4f}"
                  f"{-100 * saved:+9.1f}%")
+    if r.amsr.windows is not None:
+        lines.append(f"transformer windows computed: {r.amsr.windows:.3f}")
     return "\n".join(lines)
 
 
@@ -51,7 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     def progress(it):  # type: ignore[no-untyped-def]
         return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
-    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, asdict(config), progress)
+    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, asdict(config), progress,
+                      windows_of=inner.window_fraction)
     print(format_table(report))
     if args.json:
         write_json(args.json, report.to_json())

@@ -169,6 +169,14 @@ class WindowAttention(nn.Module):
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, c))
 
+    def extra_macs(self, inputs: tuple[Tensor, ...], output: Tensor) -> int:
+        """Multiply-accumulates of the two attention matmuls (q·kᵀ and attn·v) of one call, for MAC counting.
+
+        The ``qkv`` and ``proj`` layers are ``nn.Linear`` children and are counted on their own.
+        """
+        bw, n, c = inputs[0].shape
+        return 2 * bw * n * n * c
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 

@@ -1,0 +1,166 @@
+"""Window-level token selection for Swin transformer blocks (the transformer part of AMSR).
+
+A Swin block attends inside ws×ws windows, so the natural unit of sparse work is the window, not the pixel:
+
+    selected(window) = mean(mask over the window's tokens) ≥ threshold
+    out(tokens of a selected window)   = the whole block on them   (norm1 → attention → +, norm2 → MLP → +)
+    out(tokens of an unselected window) = its input                 (identity)
+
+The mask is taken at the block's feature size (``MaskContext.mask_at``) and rolled by −shift_size and split into
+windows exactly like the features (one token-index table serves both), so a shifted block judges its own,
+shifted windows.
+
+Why the MLP follows the window: the MLP is per token and could use the pixel mask directly, but tying it to
+the window keeps one decision per window for the whole block. The cost is then (selected windows) × (cost of
+the block on one window), the sparse path is one gather → block → scatter, and the attention residual and the
+MLP residual of a token never disagree (a token is either fully updated by the block or passed through).
+
+Threshold: 0 selects every window (the exact dense block); 1 selects only fully masked-in windows; above 1,
+none. The comparison is made in float64 on the per-window mean, so a threshold k/ws² is met by exactly k
+masked-in tokens.
+
+Two execution paths give the same values:
+- ``"sparse"`` (inference): gather the tokens of the selected windows only (with the matching rows of the
+  shifted-window attention mask), run the block's layers on that batch, scatter into a copy of the input.
+  Work is proportional to the number of selected windows.
+- ``"dense"`` (reference): run the original block on every window, then keep its output on selected windows.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from amsr.errors import UnsupportedModelError
+from amsr.sparse_conv import ExecutionMode, MaskContext
+from amsr.zoo.swinir_arch import SwinTransformerBlock, window_partition
+
+
+@lru_cache(maxsize=64)
+def _window_tokens_cached(h: int, w: int, window_size: int, shift_size: int, device: torch.device) -> Tensor:
+    idx = torch.arange(h * w).reshape(1, h, w, 1)
+    if shift_size:
+        idx = torch.roll(idx, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    return window_partition(idx, window_size).reshape(-1, window_size * window_size).to(device)
+
+
+def window_token_index(h: int, w: int, window_size: int, shift_size: int,
+                       device: torch.device | str | None = None) -> Tensor:
+    """``(nW, ws²)`` int64: the row-major position (in ``h·w``) of every token of every window.
+
+    Rows follow ``window_partition``'s window order, columns the token order inside a window, both after the
+    block's roll by −``shift_size``; so ``tokens[:, index[k]]`` is window ``k`` as the attention sees it. Each
+    position occurs once (a permutation of ``h·w``). Cached per size and device: do not modify in place.
+    """
+    if h % window_size or w % window_size:
+        raise ValueError(f"feature map {h}×{w} is not a multiple of the window size {window_size}")
+    return _window_tokens_cached(h, w, window_size, shift_size, torch.device(device if device is not None else "cpu"))
+
+
+def select_windows(mask: Tensor, window_size: int, shift_size: int, threshold: float) -> Tensor:
+    """``(N, nW)`` bool: windows whose mean mask is ≥ ``threshold``; ``mask`` is N×1×h×w (0/1)."""
+    n, _, h, w = mask.shape
+    index = window_token_index(h, w, window_size, shift_size, mask.device)
+    per_window = mask.reshape(n, h * w)[:, index]  # N × nW × ws²
+    return per_window.to(torch.float64).mean(dim=-1) >= threshold
+
+
+def check_swin_block(block: nn.Module, name: str) -> SwinTransformerBlock:
+    """Return ``block`` if it is a ``SwinTransformerBlock`` (the interface the masked block relies on)."""
+    if not isinstance(block, SwinTransformerBlock):
+        raise UnsupportedModelError(f"{name}: expected a SwinTransformerBlock, found {type(block).__name__}")
+    return block
+
+
+class MaskedSwinBlock(nn.Module):
+    """A pretrained Swin block computed only on the windows the mask selects; identity on the others.
+
+    Holds the original block as ``block`` (same parameters, no copy) and has its forward signature:
+    ``forward(x, (H, W))`` with tokens ``x: (B, H*W, C)`` in row-major order → ``(B, H*W, C)``.
+
+    Args:
+        block: the ``SwinTransformerBlock``.
+        context: the model's mask (N×1×h×w, resized to H×W with nearest if it differs).
+        threshold: a window is computed when its mean mask is ≥ this (≥ 0; see the module docstring).
+        mode: ``"sparse"`` (gather the selected windows) or ``"dense"`` (reference: all windows, then select).
+    """
+
+    def __init__(self, block: nn.Module, context: MaskContext, threshold: float = 0.5,
+                 mode: ExecutionMode = "sparse", name: str = "block") -> None:
+        super().__init__()
+        if not threshold >= 0:  # also refuses NaN
+            raise ValueError(f"window threshold must be ≥ 0, got {threshold}")
+        self.block = check_swin_block(block, name)
+        self.context = context
+        self.threshold = float(threshold)
+        self.mode: ExecutionMode = mode
+        self.last_selected: int = 0  # windows selected by the mask in the last call (all images)
+        self.last_total: int = 0  # windows in the last call
+        self.last_computed: int = 0  # windows actually computed (the dense reference computes all)
+
+    def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
+        h, w = x_size
+        if x.dim() != 3 or x.shape[1] != h * w:
+            raise ValueError(f"expected tokens (B, {h}*{w}, C), got {tuple(x.shape)}")
+        mask = self.context.mask_at((h, w))
+        if mask.shape[0] != x.shape[0]:
+            raise ValueError(f"mask batch {mask.shape[0]} does not match the features' batch {x.shape[0]}")
+        selected = select_windows(mask, self.block.window_size, self.block.shift_size, self.threshold)
+        self.last_total = selected.numel()
+        self.last_selected = int(selected.sum())
+        if self.mode == "dense":
+            self.last_computed = self.last_total
+            return self.forward_dense(x, x_size, selected)
+        self.last_computed = self.last_selected
+        return self.forward_sparse(x, x_size, selected)
+
+    def forward_dense(self, x: Tensor, x_size: tuple[int, int], selected: Tensor) -> Tensor:
+        """Reference path: the original block everywhere, then the input back on unselected windows."""
+        h, w = x_size
+        b = x.shape[0]
+        y = self.block(x, x_size)
+        index = window_token_index(h, w, self.block.window_size, self.block.shift_size, x.device)
+        n = index.shape[1]
+        keep = torch.zeros(b, h * w, dtype=torch.bool, device=x.device)
+        keep.scatter_(1, index.reshape(1, -1).expand(b, -1), selected[:, :, None].expand(-1, -1, n).reshape(b, -1))
+        return torch.where(keep[:, :, None], y, x)
+
+    def forward_sparse(self, x: Tensor, x_size: tuple[int, int], selected: Tensor) -> Tensor:
+        """Inference path: gather the selected windows' tokens, run the block's layers on them, scatter."""
+        b_idx, w_idx = selected.nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            return x
+        h, w = x_size
+        b, length, c = x.shape
+        blk = self.block
+        index = window_token_index(h, w, blk.window_size, blk.shift_size, x.device)
+        rows = (b_idx[:, None] * length + index[w_idx]).reshape(-1)  # k·ws² rows of the (B·H·W, C) tokens
+        flat = x.reshape(-1, c)
+        t = flat[rows].reshape(b_idx.numel(), index.shape[1], c)
+        attn_mask = blk.shifted_window_mask(h, w, x.device)
+        if attn_mask is not None:
+            attn_mask = attn_mask[w_idx]  # window k of each image uses mask[k]
+        # The residuals are per token, so adding them in window order equals the block's roll-back-then-add.
+        t = t + blk.attn(blk.norm1(t), attn_mask)
+        t = t + blk.mlp(blk.norm2(t))
+        out = flat.index_copy(0, rows, t.reshape(-1, c))
+        return out.reshape(b, length, c)
+
+    def window_macs(self) -> int:
+        """Multiply-accumulates of the block on one window: qkv + q·kᵀ + attn·v + proj + fc1 + fc2."""
+        n = self.block.window_size ** 2
+        attn, mlp = self.block.attn, self.block.mlp
+        linear = sum(m.in_features * m.out_features for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2))
+        return n * linear + 2 * n * n * attn.dim
+
+    def effective_macs(self) -> int:
+        """Multiply-accumulates of the last call: the computed windows only (LayerNorm/GELU not counted).
+
+        The dense reference computes every window and reports so, like ``MaskedConv2d``.
+        """
+        return self.last_computed * self.window_macs()
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, mode={self.mode}"
