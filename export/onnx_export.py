@@ -1,0 +1,209 @@
+"""Export a dense or accelerated amsr model to ONNX: input ``lr`` N×3×H×W float32, output ``sr``; N, H, W dynamic.
+
+Exporter choice: the dynamo exporter (``torch.onnx.export(..., dynamo=True)`` with ``dynamic_shapes``).
+- It is the only one of the two that exports the accelerated models: the TorchScript exporter
+  (``dynamo=False``, torch 2.13) loses the channel count after the mask generator's replicate pad when H, W
+  are dynamic ("ONNX export of convolution for kernel of unknown shape"); it handles dense CARN-M only.
+- It keeps H×W symbolic through the whole graph (output dims ``4*H``, ``4*W``) and handles the
+  data-dependent pixel count of the sparse stages (NonZero) as an unbacked size instead of a constant.
+- Its node metadata names the torch module of every node, which ``passes.name_mask_subgraph`` uses.
+It only emits opset ≥ 18 itself, and ``onnx.version_converter`` has no 18→17 adapter for Pad; ``opset=17``
+(the default) is reached with ``passes.downgrade_to_opset17``, which rewrites the few ops that changed.
+
+Cost on 2 CPU cores: dense CARN-M ~7 s, accelerated ~20–35 s (mostly ``torch.export``'s decomposition
+pass over the 50 unrolled 2-means steps and the data-dependent sparse stages), mask-only ~9 s.
+
+A trace is correct only for the branch the sample input took, so models are first rewritten with their
+export twins (``exportable.prepare_for_export``) that have no shape-dependent branches, and the export is
+then checked against PyTorch at the sample size and at an odd size (``verify=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from amsr.errors import BackendUnavailableError, ExportError
+from amsr.export.exportable import export_min_size, mask_generator_of, pads_input, prepare_for_export
+from amsr.files import atomic_path
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+MIN_OPSET = 17
+_NATIVE_OPSET = 18  # the lowest opset the dynamo exporter writes without conversion
+# Sizes the export is checked at besides the sample size: odd, and not a multiple of the usual pad sizes.
+VERIFY_SIZES: tuple[tuple[int, int], ...] = ((17, 23),)
+
+
+def _require_onnx_tools() -> None:
+    """Raise ``BackendUnavailableError`` naming the pip packages when the export toolchain is missing."""
+    missing = []
+    for module, package in (("onnx", "onnx"), ("onnxscript", "onnxscript"),
+                            ("onnx_graphsurgeon", "onnx-graphsurgeon")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise BackendUnavailableError(f"ONNX export needs {', '.join(missing)}: pip install {' '.join(missing)} "
+                                      "(or pip install 'amsr[onnx]')")
+
+
+def _torch_export(module: nn.Module, sample: torch.Tensor, output_name: str, min_size: int,
+                  opset: int) -> onnx.ModelProto:
+    """``torch.onnx.export`` (dynamo) with N, H, W dynamic; the sample's batch of 2 avoids 0/1 specialisation."""
+    dims = {0: torch.export.Dim("N", min=1), 2: torch.export.Dim("H", min=min_size),
+            3: torch.export.Dim("W", min=min_size)}
+    with torch.no_grad(), warnings.catch_warnings():
+        # AcceleratedSR keeps ``last_mask`` for callers; harmless during export.
+        warnings.filterwarnings("ignore", message=".*was assigned during export.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        try:
+            program = torch.onnx.export(
+                module, (sample,), input_names=[INPUT_NAME], output_names=[output_name],
+                opset_version=max(opset, _NATIVE_OPSET), dynamo=True, dynamic_shapes=(dims,), optimize=True,
+                verbose=False)
+        except Exception as e:  # the exporter raises many unrelated types; all mean "no graph"
+            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    return program.model_proto
+
+
+def _run_passes(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Stage names, constant folding and cleanup, then the opset asked for (17 from the exporter's 18)."""
+    import onnx_graphsurgeon as gs
+
+    from amsr.export.passes import downgrade_to_opset17, fold_and_cleanup, name_mask_subgraph, torch_scopes
+
+    scopes = torch_scopes(model)
+    graph = gs.import_onnx(model)
+    stages = name_mask_subgraph(graph, scopes)
+    fold_and_cleanup(graph)
+    if opset == 17:
+        downgrade_to_opset17(graph)
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    return out, stages
+
+
+def check_onnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.checker`` (full) and strict shape inference; returns the model with inferred shapes."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"exported graph is not valid ONNX: {e}") from e
+
+
+def _set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _kind_and_meta(source: nn.Module, kind: str, min_size: int, stages: dict[str, int]) -> dict[str, str]:
+    meta = {"amsr.kind": kind, "amsr.min_input_size": str(min_size)}
+    scale = getattr(source, "scale", None)
+    if isinstance(scale, int):
+        meta["amsr.scale"] = str(scale)
+    generator = mask_generator_of(source)
+    if generator is not None:
+        meta["amsr.mask_config"] = json.dumps(vars(generator.config), sort_keys=True)
+        # "input": the mask has the input's H×W (a whole-image mask can be cropped per tile); "padded": it is
+        # computed after the model's size padding.
+        meta["amsr.mask_size"] = "padded" if pads_input(source) else "input"
+    if stages:
+        meta["amsr.sparse_stages"] = str(sum(1 for s in stages if s != "mask"))
+    return meta
+
+
+def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sample_size: tuple[int, int] = (64, 64),
+                 output_name: str = OUTPUT_NAME, kind: str | None = None) -> Path:
+    """Export ``model`` (any amsr module taking N×3×H×W) with one output ``output_name``; see ``export_onnx``."""
+    _require_onnx_tools()
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: amsr exports opset ≥ {MIN_OPSET}")
+    prepared = prepare_for_export(model) if output_name == OUTPUT_NAME else model.eval()
+    min_size = export_min_size(prepared)
+    sh, sw = sample_size
+    if min(sh, sw) < max(2, min_size):
+        raise ExportError(f"sample_size {sample_size} is too small: use at least {max(2, min_size)} px "
+                          "(size 1 would be specialised by the exporter)")
+    sample = torch.rand(2, 3, sh, sw, generator=torch.Generator().manual_seed(0))
+    proto = _torch_export(prepared, sample, output_name, min_size, opset)
+    proto, stages = _run_passes(proto, opset)
+    if kind is None:
+        kind = "accelerated" if mask_generator_of(model) is not None else "dense"
+    _set_metadata(proto, _kind_and_meta(model, kind, min_size, stages))
+    proto = check_onnx(proto)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    log.info("exported %s model to %s (opset %d, stages %s)", kind, out, opset, stages)
+    return Path(out)
+
+
+def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sample_size: tuple[int, int] = (64, 64),
+                verify: bool = True) -> Path:
+    """Export a dense or accelerated model to ONNX and write it atomically.
+
+    Args:
+        model: what ``LoadedModel.dense()`` / ``.accelerated()`` return (a ``PaddedSR``), an ``AcceleratedSR``,
+            or any module mapping N×3×H×W float32 RGB [0, 1] to N×3×sH×sW. Not modified (a copy is exported).
+        out: destination ``.onnx`` path.
+        opset: ONNX opset, ≥ 17 (18 and above are written by the exporter directly, 17 by a rewrite pass).
+        sample_size: LR H×W of the sample the exporter traces with (any size ≥ 2 works: H, W stay dynamic).
+        verify: run the written graph in onnxruntime (when installed) at ``sample_size`` and at 17×23 and
+            compare it with ``model`` (Polygraphy, atol 1e-4, masks identical); skipped with a warning when
+            onnxruntime is missing.
+
+    Returns:
+        ``out``. The graph has input ``lr`` (N×3×H×W) and output ``sr`` (N×3×sH×sW); accelerated models also
+        carry a tensor named ``mask`` (N×1×H×W) that ``passes.expose_mask_output`` can make an output.
+        Model metadata: ``amsr.kind`` (dense/accelerated/mask), ``amsr.scale``, ``amsr.min_input_size``,
+        and for accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``.
+
+    Raises:
+        ExportError: the exporter failed, the graph is invalid, or it does not match PyTorch.
+        BackendUnavailableError: onnx / onnxscript / onnx-graphsurgeon are not installed.
+    """
+    with atomic_path(out) as tmp:  # a graph that fails verification never reaches ``out``
+        export_graph(model, tmp, opset=opset, sample_size=sample_size)
+        if verify:
+            _verify(model, tmp, sample_size)
+    return Path(out)
+
+
+def _verify(model: nn.Module, path: Path, sample_size: tuple[int, int]) -> None:
+    try:
+        from amsr.runtime.parity import compare_with_torch
+    except BackendUnavailableError as e:
+        log.warning("export written to %s but not verified: %s", path, e)
+        return
+    min_size = export_min_size(model)
+    sizes = [sample_size] + [(max(h, min_size), max(w, min_size)) for h, w in VERIFY_SIZES]
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.rand(1, 3, h, w, generator=gen).numpy() for h, w in sizes]
+    try:
+        result = compare_with_torch(model, path, inputs)
+    except BackendUnavailableError as e:
+        log.warning("export written to %s but not verified: %s", path, e)
+        return
+    if not result.passed:
+        raise ExportError(f"{path}: ONNX output differs from PyTorch ({result.summary()})")

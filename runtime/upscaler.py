@@ -1,0 +1,320 @@
+"""``Upscaler``: an exported amsr graph as an image → image function for production use.
+
+It wraps ``runtime.onnxrt.OrtUpscaler`` (one onnxruntime session; N×3×H×W float32 in, unclamped out) with
+what user images need:
+
+- dtypes: ``uint8``, ``uint16`` (scaled to [0, 1] as float32, never through 8 bits: a float32 holds every
+  16-bit level exactly) or ``float32`` in [0, 1]; the result has the input's dtype, clamped to [0, 1] and,
+  for integers, rounded to the nearest level.
+- channels: H×W×C with C = 1, 3 or 4 (or H×W, returned H×W). Gray is replicated to RGB for the network and
+  returned as the mean of the three output channels. Alpha is **not** sent through the network: the zoo
+  networks are trained on RGB only and would invent texture and ringing in a coverage map, so it is
+  upscaled separately with bicubic interpolation (clamped) and re-attached. RGB under transparent pixels is
+  upscaled as stored (straight alpha).
+- tiling (``tile``): the LR image is cut into tiles of at most ``tile``×``tile`` px, each run with ``overlap``
+  px of real neighbouring context that is cropped from its output (``OrtUpscaler.upscale_tiled``). Peak
+  memory then follows the tile, not the image. Dense graphs: equal to the untiled result once ``overlap`` ≥
+  the network's receptive radius (CARN-M x4: 21 px; at 16 px the difference is ≤ 2e-5). Accelerated graphs:
+  by default the mask is computed **once on the whole image** (the graph's cheap mask stage) and every tile
+  runs under its crop of that mask, so tiling does not change which pixels are computed and the result
+  equals the untiled one under the same overlap rule. ``per_tile_mask=True`` lets each tile compute its own
+  mask instead (the mask stage then also runs per tile, but each tile thresholds its own content: on
+  Set14 x4 with 64-px tiles this moved Y-PSNR by up to 0.45 dB). Graphs whose mask is computed after size
+  padding always use per-tile masks (``OrtUpscaler`` logs a warning).
+
+Thread safety: ``Upscaler.__call__`` may be called from several threads at once. onnxruntime's
+``InferenceSession.run`` is thread-safe; the only state created after construction is the pair of derived
+sessions an accelerated graph needs for whole-image-mask tiling, which ``OrtUpscaler`` builds lazily without
+a lock, so the first tiled call builds them under this class's lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from amsr.errors import InputImageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from amsr.mask import MaskConfig
+    from amsr.runtime.onnxrt import OrtUpscaler
+
+log = logging.getLogger(__name__)
+
+#: The opset ``from_model`` exports at: onnxruntime runs it, and some wrappers (FSRCNN's luma conversion,
+#: a bicubic Resize) have no opset-17 form. Use ``amsr-export`` for opset 17 (older TensorRT).
+DEFAULT_OPSET = 18
+_INT_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How an ``Upscaler`` runs its graph (picklable: the Ray actors rebuild their ``Upscaler`` from it).
+
+    Attributes:
+        providers: ``None`` (CPU), ``"auto"`` (TensorRT, CUDA, CPU: whichever this onnxruntime build has) or
+            a list of provider names/aliases (``"cpu"``, ``"cuda"``, ``"tensorrt"``).
+        threads: onnxruntime intra-op threads per session; ``None`` = one per core.
+        tile: largest LR tile side in px; ``None`` = whole image in one run.
+        overlap: LR px of context around each tile (see module docstring).
+        per_tile_mask: accelerated graphs: each tile computes its own mask (module docstring).
+    """
+
+    providers: str | tuple[str, ...] | None = None
+    threads: int | None = None
+    tile: int | None = None
+    overlap: int = 16
+    per_tile_mask: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"tile must be ≥ 1 (or None for no tiling), got {self.tile}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must be ≥ 0, got {self.overlap}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be ≥ 1, got {self.threads}")
+        if isinstance(self.providers, list):
+            object.__setattr__(self, "providers", tuple(self.providers))
+
+
+class Upscaler:
+    """An exported amsr graph as ``image → image`` (see the module docstring for dtypes, channels, tiling).
+
+    Build with ``Upscaler.from_onnx(path, ...)`` or ``Upscaler.from_model(name, scale, ...)``.
+
+    Attributes:
+        onnx_path: the graph file.
+        options: the ``RunOptions`` it runs with.
+        scale: the upscaling factor (from the graph's metadata, else learnt from the first output).
+        accelerated: whether the graph is an AMSR (masked) graph.
+    """
+
+    def __init__(self, runner: OrtUpscaler, options: RunOptions) -> None:
+        self._ort = runner
+        self.options = options
+        self.onnx_path = Path(runner.path)
+        self.accelerated = bool(runner.accelerated)
+        self._scale: int | None = runner.scale
+        self._lock = threading.Lock()
+        # Accelerated graphs tile under the whole-image mask through two sessions OrtUpscaler builds on first
+        # use; build them under the lock once (``_run``).
+        self._lazy_sessions_pending = (self.accelerated and options.tile is not None and not options.per_tile_mask)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike[str], providers: str | Sequence[str] | None = None,
+                  threads: int | None = None, tile: int | None = None, overlap: int = 16,
+                  per_tile_mask: bool = False) -> Upscaler:
+        """Open an exported graph (``export_onnx`` / ``amsr-export`` output) in onnxruntime.
+
+        Args: see ``RunOptions``.
+
+        Raises:
+            CheckpointError: no such file.
+            BackendUnavailableError: onnxruntime missing, or a requested provider unavailable.
+            ValueError: a bad ``tile``/``overlap``/``threads``.
+        """
+        prov = tuple(providers) if providers is not None and not isinstance(providers, str) else providers
+        options = RunOptions(providers=prov, threads=threads, tile=tile, overlap=overlap, per_tile_mask=per_tile_mask)
+        return cls.from_options(path, options)
+
+    @classmethod
+    def from_options(cls, path: str | os.PathLike[str], options: RunOptions) -> Upscaler:
+        """``from_onnx`` with the options as one ``RunOptions``."""
+        from amsr.errors import CheckpointError
+        from amsr.runtime.onnxrt import OrtUpscaler
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"ONNX model not found: {path}")
+        prov = list(options.providers) if isinstance(options.providers, tuple) else options.providers
+        return cls(OrtUpscaler(path, providers=prov, threads=options.threads), options)
+
+    @classmethod
+    def from_model(cls, name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
+                   mask: MaskConfig | None = None, variant: str = "", weights: str | os.PathLike[str] | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET,
+                   providers: str | Sequence[str] | None = None, threads: int | None = None,
+                   tile: int | None = None, overlap: int = 16, per_tile_mask: bool = False) -> Upscaler:
+        """A zoo model, exported once to a cached ONNX file (``exported_model_path``) and opened with ``from_onnx``.
+
+        Args:
+            name, scale, variant, weights: as ``amsr.models.load_model``.
+            dilation: mask dilation radius (shorthand that overrides ``mask.dilation``).
+            accelerated: AMSR graph (``True``) or the dense network.
+            mask: mask settings of the accelerated graph (default ``MaskConfig()``).
+            cache_dir: where exported graphs are kept (default ``<amsr cache>/onnx``).
+            opset: ONNX opset of the export.
+            providers, threads, tile, overlap, per_tile_mask: see ``RunOptions``.
+
+        Raises:
+            UnsupportedModelError, CheckpointError: as ``load_model``. ExportError: the export failed.
+        """
+        path = exported_model_path(name, scale, dilation=dilation, accelerated=accelerated, mask=mask,
+                                   variant=variant, weights=weights, cache_dir=cache_dir, opset=opset)
+        return cls.from_onnx(path, providers=providers, threads=threads, tile=tile, overlap=overlap,
+                             per_tile_mask=per_tile_mask)
+
+    @property
+    def scale(self) -> int:
+        if self._scale is None:
+            raise RuntimeError(f"{self.onnx_path.name} has no amsr.scale metadata; run one image to learn it")
+        return self._scale
+
+    @property
+    def providers(self) -> list[str]:
+        return self._ort.providers
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Upscale one image: H×W or H×W×C (C = 1, 3, 4), ``uint8``/``uint16``/``float32`` [0, 1] → the same
+        dtype and layout at ``scale``× the size.
+
+        Raises:
+            InputImageError: wrong shape, dtype or value range, or smaller than the graph's minimum size.
+        """
+        img = _check_image(image)
+        squeeze = img.ndim == 2
+        if squeeze:
+            img = img[..., None]
+        channels = img.shape[2]
+        unit = _to_unit(img)
+        rgb = unit[..., :3] if channels >= 3 else np.repeat(unit, 3, axis=2)
+        x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
+        y = self._run(x)
+        s = y.shape[-1] // x.shape[-1]
+        if self._scale is None:
+            self._scale = s  # int assignment: atomic; every thread learns the same value
+        out = np.clip(y[0], 0.0, 1.0).transpose(1, 2, 0)
+        if channels == 1:
+            out = out.mean(axis=2, keepdims=True)
+        elif channels == 4:
+            out = np.concatenate([out, upscale_alpha(unit[..., 3], s)[..., None]], axis=2)
+        result = _from_unit(out, image.dtype)
+        return result[..., 0] if squeeze else result
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        o = self.options
+        if o.tile is None:
+            return self._ort(x)
+        tiled = max(x.shape[-2:]) > max(o.tile, self._ort.min_input_size)
+        if tiled and self._lazy_sessions_pending:
+            with self._lock:
+                if self._lazy_sessions_pending:
+                    out = self._ort.upscale_tiled(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
+                    self._lazy_sessions_pending = False
+                    return out
+        return self._ort.upscale_tiled(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
+
+    def __repr__(self) -> str:
+        kind = "accelerated" if self.accelerated else "dense"
+        return f"Upscaler({self.onnx_path.name!r}, {kind}, x{self._scale}, {self.options})"
+
+
+def _check_image(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray):
+        raise InputImageError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise InputImageError(f"expected an H×W or H×W×C image with C = 1, 3 or 4, got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise InputImageError(f"expected uint8, uint16 or float32 pixels, got {image.dtype}")
+    if image.dtype == np.float32 and image.size:
+        lo, hi = float(image.min()), float(image.max())
+        if not (lo >= 0.0 and hi <= 1.0):  # also refuses NaN
+            raise InputImageError(f"float32 images must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+    return image
+
+
+def _to_unit(img: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1] (uint16: exact, via float32 with its 24-bit mantissa)."""
+    if img.dtype == np.float32:
+        return img
+    return img.astype(np.float32) / np.float32(_INT_MAX[img.dtype])
+
+
+def _from_unit(out: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """[0, 1] float → ``dtype`` (integers rounded to the nearest level)."""
+    if dtype == np.float32:
+        return np.ascontiguousarray(out, dtype=np.float32)
+    return np.rint(out * _INT_MAX[np.dtype(dtype)]).astype(dtype)
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """H×W float32 [0, 1] → sH×sW by bicubic interpolation (half-pixel centres, as the LR was made), clamped."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        up = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up[0, 0].clamp_(0.0, 1.0).numpy()
+
+
+def exported_model_path(name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
+                        mask: MaskConfig | None = None, variant: str = "",
+                        weights: str | os.PathLike[str] | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET) -> Path:
+    """The cached ONNX export of a zoo model, exported (and verified against PyTorch) on first use.
+
+    The file is named after everything that changes the graph, so a stale export is never reused:
+    ``<name>[-<variant>]_x<scale>_<dense|amsr-d<dilation>-<mask settings hash>>_w<checkpoint sha256>_op<opset>
+    _<tool versions hash>.onnx`` where the last part hashes the amsr, torch, onnx and onnxscript versions.
+    Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically.
+    """
+    from amsr import paths
+    from amsr.mask import MaskConfig
+    from amsr.models import load_model
+    from amsr.weights import resolve_weights, sha256_of
+    from amsr.zoo import get_architecture
+
+    config = mask or MaskConfig()
+    if dilation is not None:
+        try:
+            config = replace(config, dilation=dilation)
+        except ValueError as e:
+            from amsr.errors import AmsrError
+
+            raise AmsrError(str(e)) from None
+    arch = get_architecture(name)
+    if weights is None:
+        wf = arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else ""))
+        wpath = resolve_weights(wf)
+    else:
+        wpath = resolve_weights(arch.weights[0], weights)
+    kind = "dense"
+    if accelerated:
+        mask_hash = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
+        kind = f"amsr-d{config.dilation}-{mask_hash}"
+    stem = f"{name}{'-' + variant if variant else ''}_x{scale}_{kind}_w{sha256_of(wpath)[:12]}_op{opset}_{_tools_hash()}"
+    folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "onnx"
+    out = folder / f"{stem}.onnx"
+    if out.is_file():
+        log.info("using cached export %s", out)
+        return out
+    from amsr.export.onnx_export import export_onnx
+
+    model = load_model(name, scale, weights=wpath, variant=variant)
+    module = model.accelerated(config) if accelerated else model.dense()
+    log.info("exporting %s x%d (%s) to %s", name, scale, kind, out)
+    return export_onnx(module, out, opset=opset)
+
+
+def _tools_hash() -> str:
+    """8 hex digits over the versions of the packages that shape an exported graph."""
+    from importlib import metadata
+
+    versions = []
+    for package in ("amsr", "torch", "onnx", "onnxscript"):
+        try:
+            versions.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package}=?")
+    return hashlib.sha256(";".join(versions).encode()).hexdigest()[:8]
