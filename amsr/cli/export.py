@@ -1,0 +1,79 @@
+"""``amsr-export``: a zoo model (dense or accelerated) to ONNX, a Triton repository, or a TensorRT engine.
+
+    amsr-export --model carn_m --scale 4 --dilation 2 --out carn_m_x4_amsr.onnx
+    amsr-export --model carn_m --scale 4 --dense --out carn_m_x4.onnx
+    amsr-export --model carn_m --scale 4 --mask-only --out carn_m_mask.onnx
+    amsr-export --model swinir --scale 4 --out swinir_sparse.engine      # ONNX beside it, then TensorRT
+
+An ``.engine`` output first writes ``<name>.onnx`` beside it; without TensorRT (or a GPU) the ONNX file
+stays and the command fails with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main
+from amsr.models import load_model
+from amsr.weights import sha256_of
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amsr-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_mask_args(p)
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--dense", action="store_true", help="export the unaccelerated model")
+    what.add_argument("--mask-only", action="store_true", help="export the mask-generation subgraph alone")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx (or .engine for TensorRT)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (≥ 17, default 17)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
+    p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
+    p.add_argument("--triton-name", help="model name in the Triton repository (default: output file stem)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT: build in fp16 (refused for models without fp16 support)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from amsr.export.metadata import add_metadata
+    from amsr.export.onnx_export import export_onnx
+    from amsr.export.passes import export_mask_only
+
+    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    engine = args.out.suffix == ".engine"
+    onnx_path = args.out.with_suffix(".onnx") if engine else args.out
+    config = mask_config_from(args)
+    if args.mask_only:
+        export_mask_only(model.accelerated(config), onnx_path, opset=args.opset)
+    else:
+        module = model.dense() if args.dense else model.accelerated(config)
+        export_onnx(module, onnx_path, opset=args.opset, verify=not args.no_verify)
+    add_metadata(onnx_path, {"amsr.model": args.model, "amsr.variant": model.variant,
+                             "amsr.weights_sha256": sha256_of(model.weights)})
+    print(f"wrote {onnx_path}")
+    if args.triton_repo:
+        from amsr.export.triton import TritonOptions, write_triton_repo
+
+        name = args.triton_name or onnx_path.stem
+        repo = write_triton_repo(onnx_path, args.triton_repo,
+                                 TritonOptions(name, tensorrt=args.fp16 or engine, tensorrt_fp16=args.fp16))
+        print(f"wrote Triton model {repo}")
+    if engine:
+        from amsr.runtime.trt import BuildConfig, build_engine
+
+        build_engine(onnx_path, args.out, BuildConfig(fp16=args.fp16), supports_half=model.arch.supports_half)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("amsr-export", _run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``amsr-export`` and ``amsr-parity`` end to end on the tiny FSRCNN checkpoint (fast to export)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from amsr.cli.export import main as export_main
+from amsr.cli.parity import main as parity_main
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'amsr[onnx]')")
+
+
+@pytest.fixture(scope="module")
+def fsrcnn_x2(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (weights_dir / "fsrcnn_y_x2.pth").is_file():
+        pytest.skip("fsrcnn_y_x2.pth not in the shared weights")
+    out = tmp_path_factory.mktemp("export") / "fsrcnn_x2.onnx"
+    assert export_main(["--model", "fsrcnn", "--scale", "2", "--dense", "--out", str(out)]) == 0
+    return out
+
+
+def _two_images(data_dir: Path, tmp_path: Path, scale: int) -> Path:
+    d = tmp_path / "set"
+    for sub in ("LR", "HR"):
+        (d / sub).mkdir(parents=True)
+        for name in ("img_002.png", "img_005.png"):
+            shutil.copy(data_dir / "Set5" / f"x{scale}" / sub / name, d / sub / name)
+    return d
+
+
+def test_export_writes_identity_metadata(fsrcnn_x2: Path) -> None:
+    from amsr.export.metadata import read_metadata
+
+    meta = read_metadata(fsrcnn_x2)
+    assert meta["amsr.model"] == "fsrcnn" and meta["amsr.scale"] == "2" and meta["amsr.kind"] == "dense"
+    assert len(meta["amsr.weights_sha256"]) == 64
+    assert [p.name for p in fsrcnn_x2.parent.iterdir()] == [fsrcnn_x2.name], "no temporary files left"
+
+
+def test_parity_passes_and_writes_json(fsrcnn_x2: Path, data_dir: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "parity.json"
+    rc = parity_main(["--onnx", str(fsrcnn_x2), "--data", str(_two_images(data_dir, tmp_path, 2)), "--json", str(report)])
+    assert rc == 0
+    assert "PASSED" in capsys.readouterr().out
+    r = json.loads(report.read_text())
+    assert r["passed"] and r["max_abs_diff"] <= 1e-4 and r["psnr_diff"] <= 1e-3 and len(r["images"]) == 2
+
+
+def test_parity_fails_against_other_weights(fsrcnn_x2: Path, data_dir: Path, weights_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rc = parity_main(["--onnx", str(fsrcnn_x2), "--data", str(_two_images(data_dir, tmp_path, 2)),
+                      "--weights", str(weights_dir / "fsrcnn_y_x3.pth")])
+    assert rc == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_parity_on_a_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert parity_main(["--onnx", str(bad), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("amsr-parity: error:") and "not a readable ONNX model" in err
+
+
+def test_engine_without_tensorrt_keeps_the_onnx(weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    if not (weights_dir / "fsrcnn_y_x2.pth").is_file():
+        pytest.skip("fsrcnn_y_x2.pth not in the shared weights")
+    real_import = builtins.__import__
+
+    def no_tensorrt(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    out = tmp_path / "fsrcnn.engine"
+    rc = export_main(["--model", "fsrcnn", "--scale", "2", "--dense", "--no-verify", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "tensorrt" in err.lower() and "Traceback" not in err
+    assert (tmp_path / "fsrcnn.onnx").is_file() and not out.exists()
