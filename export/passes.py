@@ -15,6 +15,8 @@ Names given by ``name_mask_subgraph``:
   ``sparse/pixels`` (ScatterND, P×3).
 - ``sparse_conv_<i>/<module>/…``: the i-th masked conv call in execution order, ``<module>`` the qualified
   name of its torch module (CARN-M runs each body conv three times: three stages share one module name).
+- ``sparse_window_<i>/<module>/…``: the i-th window-selected Swin block call (window means of the mask →
+  NonZero → Gather of the selected windows' tokens → the block's layers → ScatterND), numbered separately.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ SPARSE_PREFIX = "sparse_conv_"
 _MASK_CLASSES = ("amsr.mask.MaskGenerator", "amsr.export.exportable.ExportMaskGenerator")
 _GENERATOR_CLASS = "amsr.mask.MaskGenerator"
 _SPARSE_CLASS = "amsr.export.exportable.GatherScatterConv2d"
+# Tile-level sparse convs (amsr.sparse_tiles) export as they are and form sparse_conv_<i> stages too.
+_SPARSE_CLASSES = (_SPARSE_CLASS, "amsr.sparse_tiles.TileMaskedConv2d")
+# Window-selected Swin blocks (exportable.GatherScatterSwinBlock) form sparse_window_<i> stages.
+WINDOW_PREFIX = "sparse_window_"
+_WINDOW_CLASS = "amsr.export.exportable.GatherScatterSwinBlock"
+_WINDOW_TAG = "window:"  # marks a window block's module name in the call list (module names have no ':')
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
                 generator_nodes.add(id(node))
             in_order.append((node, None))
         else:
-            in_order.append((node, scope.module_of((_SPARSE_CLASS,))))
+            window = scope.module_of((_WINDOW_CLASS,))
+            in_order.append((node, scope.module_of(_SPARSE_CLASSES) if window is None else _WINDOW_TAG + window))
 
     # Shape bookkeeping outside any module joins the mask stage when only mask nodes consume it.
     in_mask = {id(n) for n in mask_nodes}
@@ -142,8 +151,14 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
         counts["mask"] = len(mask_nodes)
         _name_mask_tensors(graph, mask_nodes, generator_nodes)
 
-    for i, (module, group) in enumerate(_calls(in_order)):
-        stage = f"{SPARSE_PREFIX}{i}"
+    n_conv = n_window = 0
+    for module, group in _calls(in_order):
+        if module.startswith(_WINDOW_TAG):
+            stage, module = f"{WINDOW_PREFIX}{n_window}", module.removeprefix(_WINDOW_TAG)
+            n_window += 1
+        else:
+            stage = f"{SPARSE_PREFIX}{n_conv}"
+            n_conv += 1
         for node in group:
             node.name = f"{stage}/{module}/{_short(node.name)}"
         counts[stage] = len(group)
@@ -152,6 +167,8 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
 
 def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nodes: set[int]) -> None:
     """Rename the generator's output ``mask``, the NonZero rows ``mask/pixels`` and the shared index tensors."""
+    import numpy as np
+
     outputs = {id(t) for t in graph.outputs}
     inside = {id(n) for n in mask_nodes}
     mask_out = []
@@ -161,6 +178,8 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
         for t in node.outputs:
             if id(t) in outputs or any(id(c) not in generator_nodes for c in t.outputs):
                 mask_out.append(t)
+    if len(mask_out) > 1:  # shape values the exporter shares with later stages (Swin blocks read H, W)
+        mask_out = [t for t in mask_out if t.dtype is not None and np.issubdtype(t.dtype, np.floating)]
     if len(mask_out) != 1:
         log.warning("mask generator has %d output tensors; not renaming them", len(mask_out))
         return
@@ -206,12 +225,19 @@ def _split_is_even(node: gs.Node) -> bool:
     return n is not None and len(node.outputs) == n and isinstance(dim, int) and dim % n == 0
 
 
+def _resize_is_17(node: gs.Node) -> bool:
+    """A Resize-18 that Resize-13 expresses: no antialias, default aspect policy, no ``axes``."""
+    return (not node.attrs.get("antialias", 0) and node.attrs.get("keep_aspect_ratio_policy", "stretch") == "stretch"
+            and "axes" not in node.attrs)
+
+
 def downgrade_to_opset17(graph: gs.Graph) -> gs.Graph:
     """Rewrite the opset-18 forms the exporter writes into their opset-17 equivalents.
 
     ``onnx.version_converter`` has no 18→17 adapter for Pad, so this does it for the ops amsr graphs use:
     Pad without ``axes`` is unchanged; ReduceMax/Min/Mean/… take constant ``axes`` back as an attribute;
-    ScatterND/ScatterElements keep reductions 17 has; Split loses ``num_outputs`` when it splits evenly.
+    ScatterND/ScatterElements keep reductions 17 has; Resize drops its 18-only attributes at their
+    defaults; Split loses ``num_outputs`` when it splits evenly.
     Anything else introduced in 18 raises ``ExportError`` (export with ``opset=18`` then).
     """
     import onnx
@@ -234,6 +260,9 @@ def downgrade_to_opset17(graph: gs.Graph) -> gs.Graph:
                 _drop_inputs_from(node, 1)
         elif node.op in ("ScatterND", "ScatterElements") and node.attrs.get("reduction", "none") in _REDUCTIONS_17:
             pass
+        elif node.op == "Resize" and _resize_is_17(node):
+            node.attrs.pop("antialias", None)  # Resize-18 only added these two; at their defaults 13 is the same
+            node.attrs.pop("keep_aspect_ratio_policy", None)
         elif node.op == "Split" and _split_is_even(node):
             node.attrs.pop("num_outputs", None)  # Split-13 without sizes splits evenly into its outputs
         else:

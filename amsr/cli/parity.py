@@ -76,12 +76,16 @@ def _run(args: argparse.Namespace) -> int:
               + (f", ΔPSNR {row.psnr_diff:.2e} dB" if row.psnr_diff is not None else ""))
     print(result.summary())
     if args.json:
-        write_json(args.json, {"passed": result.passed, "max_abs_diff": result.max_abs_diff,
-                               "psnr_diff": result.psnr_diff, "mask_mismatch_pixels": result.mask_mismatch_pixels,
+        def num(v: object) -> float | None:  # numpy scalars → JSON numbers
+            return None if v is None else float(v)  # type: ignore[arg-type]
+
+        write_json(args.json, {"passed": bool(result.passed), "max_abs_diff": num(result.max_abs_diff),
+                               "psnr_diff": num(result.psnr_diff),
+                               "mask_mismatch_pixels": int(result.mask_mismatch_pixels),
                                "atol": args.atol, "psnr_tol": args.psnr_tol,
-                               "images": [{"name": r.name, "max_abs_diff": r.max_abs_diff,
-                                           "mask_mismatch_pixels": r.mask_mismatch_pixels, "psnr_diff": r.psnr_diff}
-                                          for r in result.rows]})
+                               "images": [{"name": r.name, "max_abs_diff": num(r.max_abs_diff),
+                                           "mask_mismatch_pixels": int(r.mask_mismatch_pixels),
+                                           "psnr_diff": num(r.psnr_diff)} for r in result.rows]})
     return 0 if result.passed else 1
 
 
