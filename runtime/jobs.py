@@ -18,9 +18,16 @@ from amsr.errors import AmsrError
 from amsr.imageio import find_images, read_image, write_png
 from amsr.runtime.upscaler import Upscaler
 
-#: Exceptions that fail one file and let a batch go on: amsr's own (bad image, image too small), and the
-#: system's (unreadable input, full disk, no permission to write, an image too large for memory).
+#: Exceptions that fail one file and let a batch go on: amsr's own (bad image, image too small), the
+#: system's (unreadable input, full disk, no permission to write, an image too large for memory) and
+#: onnxruntime's own failures of one run (``_is_onnxruntime_error``: e.g. an allocation failure on a huge image).
 JOB_ERRORS = (AmsrError, OSError, MemoryError)
+
+
+def _is_onnxruntime_error(e: BaseException) -> bool:
+    # onnxruntime raises plain-Exception classes of its pybind module (Fail, RuntimeException, InvalidArgument,
+    # ...); anything else escaping a job is a bug and keeps its traceback.
+    return type(e).__module__.startswith("onnxruntime.")
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,8 @@ def output_path(src: Path, out_dir: Path) -> Path:
     return out_dir / f"{src.stem}.png"
 
 
-def plan_jobs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str], overwrite: bool = False) -> Plan:
+def plan_jobs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
+              overwrite: bool = False) -> Plan:
     """Expand ``inputs`` (files, and folders non-recursively: ``amsr.imageio.find_images``) into jobs.
 
     Raises:
@@ -91,7 +99,9 @@ def run_job(upscaler: Upscaler, job: Job) -> JobResult:
     try:
         image = read_image(job.src)
         write_png(job.dest, upscaler(image))
-    except JOB_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, JOB_ERRORS) and not _is_onnxruntime_error(e):
+            raise
         msg = str(e) if isinstance(e, AmsrError) else f"{type(e).__name__}: {e}"
         if str(job.src) not in msg:
             msg = f"{job.src}: {msg}"

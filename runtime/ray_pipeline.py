@@ -117,7 +117,9 @@ def upscale_files_ray(jobs: Sequence[Job], onnx_path: str | os.PathLike[str], op
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the caller shows its own progress
         ctx.verbose_stats_logs = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-execution INFO lines
+        # ... and Ray Data warns once that its bars are off: that is the intent, not news for the user.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
         rows = [{"src": str(j.src.resolve()), "dest": str(j.dest.resolve())} for j in jobs]
         original = {r["src"]: j for r, j in zip(rows, jobs)}
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per block: balanced pool

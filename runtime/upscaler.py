@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The opset ``from_model`` exports at: onnxruntime runs it, and some wrappers (FSRCNN's luma conversion,
-#: a bicubic Resize) have no opset-17 form. Use ``amsr-export`` for opset 17 (older TensorRT).
-DEFAULT_OPSET = 18
 _INT_MAX = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -142,7 +139,7 @@ class Upscaler:
     @classmethod
     def from_model(cls, name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
                    mask: MaskConfig | None = None, variant: str = "", weights: str | os.PathLike[str] | None = None,
-                   cache_dir: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET,
+                   cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None,
                    providers: str | Sequence[str] | None = None, threads: int | None = None,
                    tile: int | None = None, overlap: int = 16, per_tile_mask: bool = False) -> Upscaler:
         """A zoo model, exported once to a cached ONNX file (``exported_model_path``) and opened with ``from_onnx``.
@@ -153,7 +150,7 @@ class Upscaler:
             accelerated: AMSR graph (``True``) or the dense network.
             mask: mask settings of the accelerated graph (default ``MaskConfig()``).
             cache_dir: where exported graphs are kept (default ``<amsr cache>/onnx``).
-            opset: ONNX opset of the export.
+            opset: ONNX opset of the export; ``None`` = the exporter's default (``onnx_export.MIN_OPSET``).
             providers, threads, tile, overlap, per_tile_mask: see ``RunOptions``.
 
         Raises:
@@ -261,17 +258,47 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
 def exported_model_path(name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
                         mask: MaskConfig | None = None, variant: str = "",
                         weights: str | os.PathLike[str] | None = None,
-                        cache_dir: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET) -> Path:
-    """The cached ONNX export of a zoo model, exported (and verified against PyTorch) on first use.
+                        cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None) -> Path:
+    """The cached ONNX export of a zoo model (``export_cache_path``), exported and verified against PyTorch on
+    first use. Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically."""
+    out, wpath, config, opset_used = _cache_entry(name, scale, dilation, accelerated, mask, variant, weights,
+                                                  cache_dir, opset)
+    if out.is_file():
+        log.info("using cached export %s", out)
+        return out
+    from amsr.export.onnx_export import export_onnx
+    from amsr.models import load_model
+
+    model = load_model(name, scale, weights=wpath, variant=variant)
+    module = model.accelerated(config) if accelerated else model.dense()
+    log.info("exporting %s x%d to %s", name, scale, out)
+    return export_onnx(module, out, opset=opset_used)
+
+
+def export_cache_path(name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
+                      mask: MaskConfig | None = None, variant: str = "",
+                      weights: str | os.PathLike[str] | None = None,
+                      cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None) -> Path:
+    """Where ``exported_model_path`` keeps this export (it may not exist yet).
 
     The file is named after everything that changes the graph, so a stale export is never reused:
-    ``<name>[-<variant>]_x<scale>_<dense|amsr-d<dilation>-<mask settings hash>>_w<checkpoint sha256>_op<opset>
-    _<tool versions hash>.onnx`` where the last part hashes the amsr, torch, onnx and onnxscript versions.
-    Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically.
+    ``<name>[-<variant>]_x<scale>_<dense | amsr-d<dilation>-<hash of all mask settings>>_w<checkpoint
+    sha256>_op<opset>_<hash of the amsr, torch, onnx and onnxscript versions>.onnx`` in ``cache_dir``
+    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``).
+
+    Raises:
+        UnsupportedModelError, CheckpointError: as ``load_model`` (the checkpoint is located and hashed).
     """
+    return _cache_entry(name, scale, dilation, accelerated, mask, variant, weights, cache_dir, opset)[0]
+
+
+def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool, mask: MaskConfig | None,
+                 variant: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
+                 opset: int | None) -> tuple[Path, Path, MaskConfig, int]:
     from amsr import paths
+    from amsr.errors import AmsrError, UnsupportedModelError
+    from amsr.export.onnx_export import MIN_OPSET
     from amsr.mask import MaskConfig
-    from amsr.models import load_model
     from amsr.weights import resolve_weights, sha256_of
     from amsr.zoo import get_architecture
 
@@ -280,31 +307,23 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
         try:
             config = replace(config, dilation=dilation)
         except ValueError as e:
-            from amsr.errors import AmsrError
-
             raise AmsrError(str(e)) from None
+    opset = MIN_OPSET if opset is None else opset
     arch = get_architecture(name)
+    if scale not in arch.scales:
+        raise UnsupportedModelError(f"{name} has no x{scale} model (scales: {', '.join(map(str, arch.scales))})")
     if weights is None:
-        wf = arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else ""))
-        wpath = resolve_weights(wf)
+        wpath = resolve_weights(arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else "")))
     else:
         wpath = resolve_weights(arch.weights[0], weights)
     kind = "dense"
     if accelerated:
         mask_hash = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
         kind = f"amsr-d{config.dilation}-{mask_hash}"
-    stem = f"{name}{'-' + variant if variant else ''}_x{scale}_{kind}_w{sha256_of(wpath)[:12]}_op{opset}_{_tools_hash()}"
+    stem = (f"{name}{'-' + variant if variant else ''}_x{scale}_{kind}_w{sha256_of(wpath)[:12]}"
+            f"_op{opset}_{_tools_hash()}")
     folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "onnx"
-    out = folder / f"{stem}.onnx"
-    if out.is_file():
-        log.info("using cached export %s", out)
-        return out
-    from amsr.export.onnx_export import export_onnx
-
-    model = load_model(name, scale, weights=wpath, variant=variant)
-    module = model.accelerated(config) if accelerated else model.dense()
-    log.info("exporting %s x%d (%s) to %s", name, scale, kind, out)
-    return export_onnx(module, out, opset=opset)
+    return folder / f"{stem}.onnx", wpath, config, opset
 
 
 def _tools_hash() -> str:

@@ -47,3 +47,16 @@ def mean_psnr(model: torch.nn.Module, data_dir: Path, set_name: str, scale: int)
         hr = read_rgb8(folder / "HR" / lr_path.name)
         scores.append(psnr_y(to_uint8(model(lr)), hr, shave=scale))
     return float(np.mean(scores))
+
+
+@pytest.fixture(scope="session")
+def fsrcnn_x2_onnx(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dense FSRCNN x2 (13K parameters: the fastest graph to export and run) exported through
+    ``Upscaler.from_model``'s cache into a per-session folder; skipped without the checkpoint or ONNX tools."""
+    for module in ("onnxruntime", "onnxscript", "onnx_graphsurgeon", "polygraphy"):
+        pytest.importorskip(module, reason=f"needs {module} (pip install 'amsr[onnx]')")
+    weights = weight_file(weights_dir, "fsrcnn_y_x2.pth")
+    from amsr.runtime.upscaler import exported_model_path
+
+    return exported_model_path("fsrcnn", 2, accelerated=False, weights=weights,
+                               cache_dir=tmp_path_factory.mktemp("onnx-cache"))

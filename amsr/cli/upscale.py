@@ -1,0 +1,174 @@
+"""``amsr-upscale``: upscale image files with an exported ONNX graph or a zoo model, in one process or on Ray.
+
+INPUT is any mix of files and folders; a folder contributes the PNG/JPEG/WebP/BMP files directly inside it
+(not its subfolders). Each input is written to OUT/<stem>.png (16-bit PNG for 16-bit input, alpha kept).
+Existing outputs are skipped unless --overwrite. A file that cannot be processed is reported on one line and
+skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+
+from amsr import paths
+from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main
+from amsr.errors import AmsrError
+
+if TYPE_CHECKING:
+    from amsr.runtime.jobs import Job, JobResult
+    from amsr.runtime.upscaler import RunOptions
+
+PROG = "amsr-upscale"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (not recursive)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    p.add_argument("--onnx", type=Path, metavar="FILE", help="an exported graph (amsr-export); or use --model")
+    add_model_args(p, required=False)
+    add_mask_args(p)
+    p.add_argument("--dense", action="store_true", help="with --model: the dense network instead of AMSR")
+    g = p.add_argument_group("run")
+    g.add_argument("--tile", type=int, default=512,
+                   help="largest LR tile side in px, bounding memory (0: whole image; default 512)")
+    g.add_argument("--overlap", type=int, default=16, help="LR px of context around each tile (default 16)")
+    g.add_argument("--per-tile-mask", action="store_true",
+                   help="AMSR graphs: each tile computes its own mask (default: one mask for the whole image)")
+    g.add_argument("--threads", type=int, help="onnxruntime threads per session (default: one per core; "
+                                               "1 per worker with --ray)")
+    g.add_argument("--providers", default="cpu",
+                   help="onnxruntime providers: cpu (default), auto (TensorRT, CUDA, CPU as available) "
+                        "or a comma list such as cuda,cpu")
+    g.add_argument("--workers", type=int,
+                   help="images in flight: threads sharing one session, or Ray actors with --ray (default 1; "
+                        "2 with --ray)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray Data: a local instance (or $RAY_ADDRESS) without ADDRESS, else that cluster")
+    g.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.onnx is None) == (args.model is None):
+        p.error("give exactly one of --onnx FILE and --model NAME")
+    if args.model is not None and args.scale is None:
+        p.error("--model needs --scale")
+    if args.onnx is not None:
+        given = [f for f, v in (("--scale", args.scale), ("--variant", args.variant), ("--weights", args.weights),
+                                ("--dense", args.dense)) if v]
+        if _mask_args_changed(args):
+            given.append("mask options")
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            p.error(f"{', '.join(given)} {verb} only to --model (an ONNX graph fixes them)")
+    elif args.dense and _mask_args_changed(args):
+        p.error("mask options do not apply to --dense")
+    for name in ("tile", "overlap", "threads", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("tile", "overlap") else 1):
+            p.error(f"--{name} must be ≥ {0 if name in ('tile', 'overlap') else 1}, got {value}")
+
+
+def _mask_args_changed(args: argparse.Namespace) -> bool:
+    from amsr.mask import MaskConfig
+
+    return mask_config_from(args) != MaskConfig()
+
+
+def _providers(spec: str) -> str | tuple[str, ...] | None:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["cpu"]:
+        return None
+    if names == ["auto"]:
+        return "auto"
+    return tuple(names)
+
+
+def _onnx_path(args: argparse.Namespace) -> Path:
+    if args.onnx is not None:
+        if not args.onnx.is_file():
+            raise AmsrError(f"ONNX model not found: {args.onnx}")
+        return args.onnx
+    from amsr.runtime.upscaler import export_cache_path, exported_model_path
+
+    def entry(fn: Callable[..., Path]) -> Path:
+        return fn(args.model, args.scale, accelerated=not args.dense, mask=mask_config_from(args),
+                  variant=args.variant, weights=args.weights)
+
+    if not entry(export_cache_path).is_file():
+        print(f"{PROG}: exporting {args.model} x{args.scale} to ONNX (once; cached under {paths.cache_dir()})",
+              file=sys.stderr)
+    return entry(exported_model_path)
+
+
+def _run_local(jobs: Sequence[Job], onnx: Path, options: RunOptions, workers: int) -> Iterator[JobResult]:
+    from amsr.runtime.jobs import run_job
+    from amsr.runtime.upscaler import Upscaler
+
+    upscaler = Upscaler.from_options(onnx, options)
+    if workers == 1:
+        for job in jobs:
+            yield run_job(upscaler, job)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # one session, shared: run() is thread-safe
+        yield from pool.map(lambda job: run_job(upscaler, job), jobs)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from amsr.runtime.jobs import plan_jobs
+    from amsr.runtime.upscaler import RunOptions
+
+    plan = plan_jobs(args.inputs, args.out, overwrite=args.overwrite)
+    options = RunOptions(providers=_providers(args.providers), threads=args.threads, tile=args.tile or None,
+                         overlap=args.overlap, per_tile_mask=args.per_tile_mask)
+    failed = list(plan.failed)
+    for r in failed:
+        print(f"{PROG}: failed: {r.error}", file=sys.stderr)
+    written = 0
+    if plan.todo:
+        onnx = _onnx_path(args)
+        if args.ray is not None:
+            from amsr.runtime.ray_pipeline import upscale_files_ray
+
+            results: Iterable[JobResult] = upscale_files_ray(
+                plan.todo, onnx, options, workers=args.workers or 2, address=args.ray or None)
+        else:
+            results = _run_local(plan.todo, onnx, options, args.workers or 1)
+        bar = tqdm(results, total=len(plan.todo), unit="img", desc=PROG, file=sys.stderr, disable=args.no_progress)
+        for r in bar:
+            if r.ok:
+                written += 1
+            else:
+                failed.append(r)
+                bar.write(f"{PROG}: failed: {r.error}", file=sys.stderr)
+    summary = f"{PROG}: {written} written to {args.out}"
+    if plan.existing:
+        summary += f", {len(plan.existing)} skipped (output exists; --overwrite to redo)"
+    if failed:
+        summary += f", {len(failed)} failed"
+    print(summary, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+
+    def body(args: argparse.Namespace) -> int:
+        _check_args(parser, args)
+        return _run(args)
+
+    return run_main(PROG, body, parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Reading and writing user images for ``amsr-upscale``: what a production upscaler meets, not the benchmark.
+
+``amsr.images`` is the strict benchmark reader (8-bit RGB only). This module accepts what users have:
+
+- formats: PNG, JPEG (including phones' MPO), WebP and BMP; animated files give their first frame (with a
+  warning); anything else is an ``InputImageError`` naming the path;
+- EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so a portrait phone photo comes out upright;
+- 8-bit images come back as ``uint8``; 16-bit PNGs as ``uint16``, decoded by OpenCV: Pillow opens a 16-bit
+  RGB PNG as 8-bit RGB, silently dropping the low byte, so those files never go through Pillow;
+- channels: always ``H×W×C`` with C = 1 (gray), 3 (RGB) or 4 (RGBA). Gray+alpha, palettes with transparency
+  and RGB with a ``tRNS`` colour key become RGBA; CMYK/YCbCr become RGB.
+
+Output is PNG only: ``uint16`` in gives a 16-bit PNG, alpha is kept, and the file appears atomically
+(``amsr.files``). ICC profiles and other metadata are not carried over.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from amsr.errors import BackendUnavailableError, InputImageError
+from amsr.files import atomic_path, save_bytes
+
+log = logging.getLogger(__name__)
+
+#: Suffixes picked up when a folder is given; a file named explicitly is tried whatever its suffix.
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+#: Pillow format names read by ``read_image`` (MPO: the multi-picture JPEG many phones write).
+_PIL_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB"}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise BackendUnavailableError("16-bit PNG files need OpenCV: pip install opencv-python-headless "
+                                      "(or pip install 'amsr[png16]')") from None
+    return cv2
+
+
+def _png_bit_depth(head: bytes) -> int | None:
+    """Bit depth per channel from a PNG's IHDR chunk (the first 26 bytes), or None for other formats."""
+    if len(head) >= 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
+        return head[24]
+    return None
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` (H×W[×C]) turned upright for an EXIF orientation value (1–8), as ``ImageOps.exif_transpose``."""
+    ops = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],                       # mirror left-right
+        3: lambda a: a[::-1, ::-1],                    # rotate 180
+        4: lambda a: a[::-1],                          # mirror top-bottom
+        5: lambda a: a.swapaxes(0, 1),                 # transpose
+        6: lambda a: np.rot90(a, -1),                  # rotate 90 clockwise
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),     # transverse
+        8: lambda a: np.rot90(a, 1),                   # rotate 90 counter-clockwise
+    }
+    op = ops.get(int(orientation), ops[1])
+    return np.ascontiguousarray(op(img))
+
+
+def _read_16bit_png(path: Path, data: bytes) -> np.ndarray:
+    cv2 = _cv2()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InputImageError(f"{path}: cannot decode 16-bit PNG")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    elif arr.shape[2] == 3:
+        arr = arr[..., ::-1]  # BGR → RGB
+    elif arr.shape[2] == 4:
+        arr = arr[..., [2, 1, 0, 3]]  # BGRA → RGBA
+    # PNG may carry orientation in an eXIf chunk; OpenCV ignores it, Pillow can still read the tag.
+    orientation = _pil_orientation(path, data)
+    return apply_orientation(arr, orientation) if orientation > 1 else np.ascontiguousarray(arr)
+
+
+def _pil_orientation(path: Path, data: bytes) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not fail a file OpenCV decoded: treat it as upright
+        log.warning("%s: unreadable EXIF data ignored", path)
+        return 1
+
+
+def _pil_to_array(path: Path, im: Any) -> np.ndarray:
+    mode = im.mode
+    if mode in ("PA", "LA") or (mode in ("P", "L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA")
+    elif mode == "P":
+        im = im.convert("RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
+        im = im.convert("RGB")
+    elif mode not in ("L", "RGB", "RGBA"):
+        raise InputImageError(f"{path}: unsupported {mode} image (amsr reads 8-bit gray/RGB/RGBA and 16-bit PNG)")
+    arr = np.asarray(im, dtype=np.uint8)
+    return np.ascontiguousarray(arr[..., None] if arr.ndim == 2 else arr)
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as ``H×W×C`` (C = 1, 3 or 4) ``uint8``, or ``uint16`` for 16-bit PNGs, upright.
+
+    Raises:
+        InputImageError: missing, corrupt or unsupported file (the message names the path).
+        BackendUnavailableError: a 16-bit PNG and OpenCV is not installed.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise InputImageError(f"{path}: is a folder, not an image") from None
+    except OSError as e:
+        raise InputImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    if _png_bit_depth(data[:26]) == 16:
+        return _read_16bit_png(path, data)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in _PIL_FORMATS:
+                raise InputImageError(f"{path}: {im.format} files are not supported "
+                                      "(use PNG, JPEG, WebP or BMP)")
+            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":
+                log.warning("%s: animated image, using its first frame", path)
+            im.load()
+            try:
+                upright = ImageOps.exif_transpose(im)
+            except Exception as e:  # malformed EXIF raises many types; the pixels are still good
+                log.warning("%s: unreadable EXIF data ignored (%s)", path, e)
+                upright = im
+            return _pil_to_array(path, upright)
+    except InputImageError:
+        raise
+    except UnidentifiedImageError:
+        raise InputImageError(f"{path}: not an image file Pillow recognises "
+                              "(corrupt, or not PNG/JPEG/WebP/BMP)") from None
+    except Image.DecompressionBombError as e:
+        raise InputImageError(f"{path}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
+        raise InputImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def write_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
+    """Write ``img`` (H×W or H×W×C with C = 1, 3, 4; ``uint8`` or ``uint16``) as PNG, atomically.
+
+    ``uint16`` is written as a 16-bit PNG (OpenCV: Pillow cannot write 16-bit RGB), ``uint8`` through Pillow.
+    """
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise ValueError(f"expected H×W or H×W×{{1,3,4}}, got shape {img.shape}")
+    if img.dtype == np.uint16:
+        cv2 = _cv2()
+        if img.ndim == 3:
+            img = img[..., [2, 1, 0, 3]] if img.shape[2] == 4 else img[..., ::-1]
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+        if not ok:
+            raise OSError(f"{dest}: OpenCV could not encode a 16-bit PNG of shape {img.shape}")
+        return save_bytes(dest, buf.tobytes())
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected uint8 or uint16, got {img.dtype}")
+    from PIL import Image
+
+    with atomic_path(dest) as tmp:
+        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG")
+    return Path(dest)
+
+
+def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Path]]:
+    """Expand command-line inputs: files as given, folders to their images (not recursive).
+
+    A folder contributes the files directly inside it with a suffix in ``INPUT_SUFFIXES`` (any case),
+    hidden files excluded, sorted by name; subfolders are not entered, so outputs cannot clash across
+    them. Paths listed twice are kept once.
+
+    Returns:
+        ``(images, missing)``: the image paths in order, and inputs that do not exist.
+    """
+    images: list[Path] = []
+    missing: list[Path] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(c for c in p.iterdir()
+                           if c.suffix.lower() in INPUT_SUFFIXES and not c.name.startswith(".") and c.is_file())
+            if not found:
+                log.warning("%s: no %s files in this folder", p, "/".join(s[1:] for s in INPUT_SUFFIXES))
+        elif p.exists():
+            found = [p]
+        else:
+            missing.append(p)
+            continue
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                images.append(f)
+    return images, missing
