@@ -1,6 +1,6 @@
 """Export twins of amsr's modules: the same values as in PyTorch, written with ops ONNX has, for any H×W.
 
-``prepare_for_export(model)`` returns a copy of a dense or accelerated model with three swaps:
+``prepare_for_export(model)`` returns a copy of a dense or accelerated model with these swaps:
 
 - ``MaskedConv2d`` → ``GatherScatterConv2d``: the sparse path as NonZero → GatherND (the 9 taps of each
   masked-in pixel) → MatMul → ScatterND into a copy of the input. ``MaskedConv2d.forward_sparse`` computes the
@@ -13,6 +13,15 @@
 - ``PaddedSR`` → ``PaddedForExport``: pads by an amount computed from the input size instead of branching on
   it. ``PaddedSR`` skips the pad when none is needed, and ``torch.export`` would silently keep whichever branch
   the sample size took (a graph exported at 64×64 then gives wrong output at 17×23).
+- ``SwinTransformerBlock`` → ``ExportSwinBlock``: the same block, its shifted-window attention mask built in
+  the graph from the feature size (region labels = two comparisons of an arange with H−ws, H−shift per
+  axis, window-partitioned, pairwise Equal → Where(0, −100)); the block's own mask comes from a cache keyed
+  by Python ints, which a trace would freeze to the traced size. The relative position bias is a constant
+  of the window size (folded).
+- ``MaskedSwinBlock`` → ``GatherScatterSwinBlock``: the sparse window path (window means of the mask →
+  NonZero → Gather of the selected windows' tokens → the block's layers → ScatterND), with the token-index
+  table and the selected windows' attention-mask rows built in the graph; an empty selection runs the
+  layers on an empty batch and returns the input.
 """
 
 from __future__ import annotations
@@ -23,11 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import ExportError
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.sparse_window import MaskedSwinBlock
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
+from amsr.zoo.swinir_arch import (
+    MASK_VALUE,
+    SwinTransformerBlock,
+    WindowAttention,
+    window_partition,
+    window_reverse,
+)
 
 # (batch, row, col) offsets of the 3×3 taps in the 1-px zero-padded feature map, row-major like conv weights.
 _TAP_OFFSETS = [[0, dy, dx] for dy in range(3) for dx in range(3)]
@@ -101,6 +117,127 @@ class GatherScatterConv2d(nn.Module):
         return out.permute(0, 3, 1, 2)
 
 
+# --- Swin blocks --------------------------------------------------------------------------------------------
+# ``SwinTransformerBlock`` takes its shifted-window attention mask from a cache keyed by the Python ints h, w
+# and ``MaskedSwinBlock`` its token-index table likewise: a trace would freeze both to the traced size. The
+# twins below build them in the graph from the (symbolic) feature size, with the same values.
+
+
+def window_index(h: int, w: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
+    """``(nW, ws²)`` int64 token positions of every window after the roll by −shift (``window_token_index``),
+    as graph ops on a possibly symbolic size: arange → roll → window partition."""
+    idx = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+    if shift_size:
+        idx = torch.roll(idx, shifts=(-shift_size, -shift_size), dims=(1, 2))
+    return window_partition(idx, window_size).reshape(-1, window_size * window_size)
+
+
+def window_region_labels(h: int, w: int, window_size: int, shift_size: int, device: torch.device) -> torch.Tensor:
+    """``(nW, ws²)`` region label (0…8) of every token of every shifted window, from which the attention mask
+    follows: the official slices [0, size−ws), [size−ws, size−shift), [size−shift, size) per axis, computed
+    as two comparisons of an arange with the (symbolic) size; positions are those of the rolled map, so
+    they are window-partitioned without a roll (as the official ``calculate_mask``)."""
+    def axis(size: int) -> torch.Tensor:
+        pos = torch.arange(size, device=device)
+        return (pos >= size - window_size).to(torch.int64) + (pos >= size - shift_size).to(torch.int64)
+
+    labels = axis(h)[:, None] * 3 + axis(w)[None, :]
+    return window_partition(labels[None, :, :, None], window_size).reshape(-1, window_size * window_size)
+
+
+def attention_mask_of(labels: torch.Tensor) -> torch.Tensor:
+    """``(k, ws², ws²)`` additive mask (0 / ``MASK_VALUE``) of windows with region ``labels`` ``(k, ws²)``;
+    equal to the rows of ``shifted_window_mask`` for those windows."""
+    different = labels[:, None, :] != labels[:, :, None]
+    zero = torch.zeros((), dtype=torch.float32, device=labels.device)
+    return torch.where(different, zero + MASK_VALUE, zero)
+
+
+def window_attention(attn: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``WindowAttention.forward`` with one mask row per window (``mask``: ``(k, ws², ws²)`` for the ``k``
+    windows of ``x``), so no division by the window count: valid for ``k = 0``. Same operations in the same
+    order (logits + bias, then + mask)."""
+    bw, n, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(bw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+    logits = q @ k.transpose(-2, -1) + attn.relative_position_bias().unsqueeze(0)
+    if mask is not None:
+        logits = logits + mask[:, None]
+    return attn.proj((logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(bw, n, c))
+
+
+class ExportSwinBlock(nn.Module):
+    """``SwinTransformerBlock`` with its shifted-window mask built in the graph for the actual H×W.
+
+    Same submodule names (``norm1``, ``attn``, ``norm2``, ``mlp``; parameters shared) and the same forward:
+    norm1 → roll(−s) → window partition → attention (+ mask of region labels) → reverse → roll(+s) → + →
+    MLP → +.
+    """
+
+    def __init__(self, block: SwinTransformerBlock) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = block.window_size, block.shift_size
+        self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+        h, w = x_size
+        b, _, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        y = self.norm1(x).reshape(b, h, w, c)
+        if s:
+            y = torch.roll(y, shifts=(-s, -s), dims=(1, 2))
+        windows = window_partition(y, ws).reshape(-1, ws * ws, c)
+        mask = None
+        if s:  # one mask row per window of every image (batch-major, like the windows)
+            mask = attention_mask_of(window_region_labels(h, w, ws, s, x.device).repeat(b, 1))
+        windows = window_attention(self.attn, windows, mask)
+        y = window_reverse(windows.reshape(-1, ws, ws, c), ws, h, w)
+        if s:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        x = x + y.reshape(b, h * w, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class GatherScatterSwinBlock(nn.Module):
+    """``MaskedSwinBlock``'s sparse path in ONNX-expressible ops, for any H×W and any number of windows.
+
+    Window means of the mask (Gather of the rolled, partitioned mask → ReduceMean in float64) ≥ threshold →
+    NonZero (k × (n, window)) → Gather of the k·ws² token rows → norm1 → attention (+ the selected windows'
+    mask rows) → + → norm2 → MLP → + → ScatterND of the rows into a copy of the input (unique indices, no
+    reduction). Nothing is computed for unselected windows; with none selected the gathered batch is empty
+    and the output is the input.
+    """
+
+    def __init__(self, masked: MaskedSwinBlock) -> None:
+        super().__init__()
+        block = masked.block
+        self.window_size, self.shift_size = block.window_size, block.shift_size
+        self.threshold = masked.threshold
+        self.context: MaskContext = masked.context
+        self.norm1, self.attn, self.norm2, self.mlp = block.norm1, block.attn, block.norm2, block.mlp
+
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+        h, w = x_size
+        b, length, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        n = ws * ws
+        mask = self.context.mask_at((h, w))
+        index = window_index(h, w, ws, s, x.device)  # nW × n
+        per_window = mask.reshape(b, h * w)[:, index]  # b × nW × n
+        selected = torch.nonzero(per_window.to(torch.float64).mean(dim=-1) >= self.threshold)  # k × 2
+        k = selected.shape[0]  # explicit sizes: no -1 to solve for k
+        b_idx, w_idx = selected[:, 0], selected[:, 1]
+        rows = (b_idx[:, None] * length + index[w_idx]).reshape(k * n)
+        flat = x.reshape(b * length, c)
+        t = flat[rows].reshape(k, n, c)
+        attn_mask = attention_mask_of(window_region_labels(h, w, ws, s, x.device)[w_idx]) if s else None
+        t = t + window_attention(self.attn, self.norm1(t), attn_mask)
+        t = t + self.mlp(self.norm2(t))
+        out = flat.index_put((rows,), t.reshape(k * n, c))
+        return out.reshape(b, length, c)
+
+
 def min_input_size(req: SizeRequirements) -> int:
     """Smallest H or W the exported graph accepts: reflect padding needs the pad to be smaller than the size."""
     if req.pad_mode == "reflect" and (req.multiple_of > 1 or req.minimum > 1):
@@ -131,12 +268,6 @@ class PaddedForExport(nn.Module):
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with the export twins swapped in (module names and parameter sharing kept)."""
-    from amsr.sparse_window import MaskedSwinBlock
-
-    blocks = [name for name, m in model.named_modules() if isinstance(m, MaskedSwinBlock)]
-    if blocks:  # their window gather/scatter has no export twin yet; tracing them would bake in one selection
-        raise ExportError(f"ONNX export of window-masked Swin blocks is not supported yet ({len(blocks)} in "
-                          f"{type(model).__name__}, e.g. {blocks[0]}): export the dense model or a conv-only rule set")
     prepared = copy.deepcopy(model)
     indices = SparseIndices()
     swapped: dict[int, nn.Module] = {}  # CARN-M calls one module three times: swap it once, keep sharing
@@ -151,6 +282,10 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
             new = ExportMaskGenerator(m, indices)
         elif isinstance(m, PaddedSR):
             new = PaddedForExport(m)
+        elif isinstance(m, MaskedSwinBlock):
+            new = GatherScatterSwinBlock(m)
+        elif isinstance(m, SwinTransformerBlock):
+            new = ExportSwinBlock(m)
         if new is not None:
             swapped[id(m)] = new
         return new
@@ -160,7 +295,8 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
             new = twin(child)
             if new is not None:
                 setattr(parent, name, new)
-            if not isinstance(new, (GatherScatterConv2d, ExportMaskGenerator)):
+            if not isinstance(new, (GatherScatterConv2d, ExportMaskGenerator, ExportSwinBlock,
+                                    GatherScatterSwinBlock)):
                 visit(new if new is not None else child)
 
     root = twin(prepared)

@@ -1,4 +1,5 @@
-"""CARN-M x4 exports shared by tests/export and tests/runtime: each graph is exported once per test run.
+"""ONNX exports shared by tests/export and tests/runtime (CARN-M x4; tiny SwinIR and IMDTN x4 for the transformer
+path): each graph is exported once per test run.
 
 Exporting the accelerated model takes the dynamo exporter tens of seconds on 2 cores, so the files are
 cached for the whole pytest process (a temporary folder removed at exit) instead of per test module.
@@ -11,6 +12,8 @@ import functools
 import shutil
 import tempfile
 from pathlib import Path
+
+from torch import nn
 
 from amsr.models import LoadedModel, load_model
 
@@ -38,4 +41,61 @@ def exported(kind: str, weights: Path) -> Path:
         return export_onnx(model.dense(), out)
     if kind == "accelerated":
         return export_onnx(model.accelerated(), out)
+    raise ValueError(kind)
+
+
+# Transformer exports (tests/export/test_transformer_export.py, export/exportable's Swin twins).
+
+SWINIR_SAMPLE = (32, 32)  # traced LR size of the SwinIR exports (a multiple of their 8×8 window)
+IMDTN_SAMPLE = (24, 30)  # traced LR size of the IMDTN exports (a multiple of its 6×6 window)
+
+
+@functools.cache
+def tiny_swinir(variant: str) -> nn.Module:
+    """A random-weight two-stage SwinIR x2 (``tests.zoo.test_swinir.tiny``), padded like the zoo wrapper."""
+    from amsr.zoo.descriptor import SizeRequirements
+    from amsr.zoo.padding import PaddedSR
+    from tests.zoo.test_swinir import random_swinir, tiny
+
+    net = random_swinir(tiny(variant, 2))
+    return PaddedSR(net, 2, SizeRequirements(multiple_of=net.window_size, pad_mode="reflect")).eval()
+
+
+@functools.cache
+def tiny_swinir_accelerated(variant: str) -> nn.Module:
+    """``tiny_swinir(variant)`` with every Swin block window-selected (default mask settings)."""
+    from amsr.surgery import accelerate
+    from amsr.zoo.descriptor import SizeRequirements, SparseRules
+    from amsr.zoo.padding import PaddedSR
+
+    dense = tiny_swinir(variant)
+    acc = accelerate(dense.net, SparseRules(windows=("layers.*.residual_group.blocks.*",)))
+    return PaddedSR(acc, 2, SizeRequirements(multiple_of=dense.net.window_size, pad_mode="reflect")).eval()
+
+
+@functools.cache
+def exported_swinir(variant: str, kind: str) -> Path:
+    """``dense`` or ``accelerated`` tiny SwinIR x2, written by ``export_onnx`` (verified at 32×32 and 17×23)."""
+    from amsr.export.onnx_export import export_onnx
+
+    model = tiny_swinir(variant) if kind == "dense" else tiny_swinir_accelerated(variant)
+    return export_onnx(model, _tmp_dir() / f"swinir_{variant}_{kind}.onnx", sample_size=SWINIR_SAMPLE)
+
+
+@functools.cache
+def imdtn_x4(weights: Path) -> LoadedModel:
+    return load_model("imdtn", 4, weights=weights)
+
+
+@functools.cache
+def exported_imdtn(kind: str, weights: Path) -> Path:
+    """``dense`` or ``accelerated`` (default mask settings) IMDTN x4, written by ``export_onnx`` (verified)."""
+    from amsr.export.onnx_export import export_onnx
+
+    model = imdtn_x4(weights)
+    out = _tmp_dir() / f"imdtn_x4_{kind}.onnx"
+    if kind == "dense":
+        return export_onnx(model.dense(), out, sample_size=IMDTN_SAMPLE)
+    if kind == "accelerated":
+        return export_onnx(model.accelerated(), out, sample_size=IMDTN_SAMPLE)
     raise ValueError(kind)
