@@ -27,7 +27,7 @@ from amsr.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
 from amsr.zoo import get_architecture
 
-DEFAULT_MODELS = ["carn_m", "imdn", "pan", "fsrcnn"]
+DEFAULT_MODELS = ["carn_m", "imdn", "pan", "fsrcnn", "imdtn", "hit_srf", "ngswin"]
 
 
 @torch.no_grad()
@@ -68,8 +68,17 @@ def main() -> int:
     p.add_argument("--sets", nargs="+", default=["Set5", "Set14"])
     p.add_argument("--dilations", nargs="+", type=int, default=[0, 1, 2, 4])
     p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--from-json", type=Path, nargs="+", help="only rebuild the table from these result files")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.from_json:
+        import json
+
+        results = sorted((json.loads(f.read_text()) for f in args.from_json),
+                         key=lambda r: (args.models.index(r["model"]) if r["model"] in args.models else 99,
+                                        r["scale"], len(r["set"]), r["set"]))
+        print(table(results))
+        return 0
     results = []
     for name in args.models:
         for scale in args.scales:
