@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--mask-only", action="store_true", help="export the mask-generation subgraph alone")
     p.add_argument("--out", type=Path, required=True, help="output .onnx (or .engine for TensorRT)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (≥ 17, default 17)")
+    p.add_argument("--sparse-impl", choices=("gather_scatter", "plugin"), default="gather_scatter",
+                   help="sparse stages as standard GatherND/ScatterND ops (default) or amsr::MaskedConv3x3 "
+                        "TensorRT plugin nodes (see plugins/README.md)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
     p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
     p.add_argument("--triton-name", help="model name in the Triton repository (default: output file stem)")
@@ -41,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from amsr.export.metadata import add_metadata
-    from amsr.export.onnx_export import export_onnx
     from amsr.export.passes import export_mask_only
+    from amsr.export.plugin_export import export_with_sparse_impl
 
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     engine = args.out.suffix == ".engine"
@@ -52,7 +55,8 @@ def _run(args: argparse.Namespace) -> int:
         export_mask_only(model.accelerated(config), onnx_path, opset=args.opset)
     else:
         module = model.dense() if args.dense else model.accelerated(config)
-        export_onnx(module, onnx_path, opset=args.opset, verify=not args.no_verify)
+        export_with_sparse_impl(module, onnx_path, sparse_impl=args.sparse_impl, opset=args.opset,
+                                verify=not args.no_verify)
     add_metadata(onnx_path, {"amsr.model": args.model, "amsr.variant": model.variant,
                              "amsr.weights_sha256": sha256_of(model.weights)})
     print(f"wrote {onnx_path}")
@@ -66,7 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     if engine:
         from amsr.runtime.trt import BuildConfig, build_engine
 
-        build_engine(onnx_path, args.out, BuildConfig(fp16=args.fp16), supports_half=model.arch.supports_half)
+        build_engine(onnx_path, args.out, BuildConfig(fp16=args.fp16), supports_half=model.arch.supports_half,
+                     model_name=args.model)
         print(f"wrote {args.out}")
     return 0
 
