@@ -46,6 +46,11 @@ class MaskConfig:
         window_threshold: transformer blocks (``MaskedSwinBlock``) compute a window when the mean of the
             mask over its tokens is ≥ this fraction: 0 computes every window, 1 only fully masked-in ones,
             above 1 none. Ignored by models without window rules.
+        output_dilation: ``None`` (default): no output blend, the network output is returned as is. An
+            integer d_out ≤ ``dilation``: output blend (FINDINGS §2) — the SR pixels whose LR pixel lies in
+            the mask dilated by d_out take the network's value, all others the bicubic upscale of the LR
+            input (``torch`` bicubic, ``align_corners=False``); the network's own mask keeps ``dilation``
+            (d_net), so the corrupted flat-region features stay ≥ d_net − d_out pixels away from kept ones.
     """
 
     blur_size: int = 5
@@ -54,6 +59,7 @@ class MaskConfig:
     kmeans_iters: int = 50
     flat_eps: float = 1e-6
     window_threshold: float = 0.5
+    output_dilation: int | None = None
 
     def __post_init__(self) -> None:
         if self.blur_size < 1 or self.blur_size % 2 == 0:
@@ -66,6 +72,9 @@ class MaskConfig:
             raise ValueError(f"kmeans_iters must be ≥ 1, got {self.kmeans_iters}")
         if not self.window_threshold >= 0:  # also refuses NaN
             raise ValueError(f"window_threshold must be ≥ 0, got {self.window_threshold}")
+        if self.output_dilation is not None and not 0 <= self.output_dilation <= self.dilation:
+            raise ValueError(f"output_dilation must be between 0 and dilation ({self.dilation}), "
+                             f"got {self.output_dilation}")
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
@@ -122,12 +131,15 @@ class MaskGenerator(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dilate(self.base_mask(x), self.config.dilation)
+
+    def base_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2-means mask before dilation (N×1×H×W, 0/1)."""
         hf = high_frequency_map(x, self.kernel)
         flat = hf.flatten(1)
         thr = kmeans2_threshold(flat, self.config.kmeans_iters)
         is_flat = (flat.amax(dim=1, keepdim=True) - flat.amin(dim=1, keepdim=True)) <= self.config.flat_eps
-        mask = ((flat > thr) | is_flat).to(x.dtype).view_as(hf)
-        return dilate(mask, self.config.dilation)
+        return ((flat > thr) | is_flat).to(x.dtype).view_as(hf)
 
 
 def compute_mask(x: torch.Tensor, config: MaskConfig | None = None) -> torch.Tensor:
@@ -157,3 +169,34 @@ def kmeans2_mask_sklearn(hf: np.ndarray, config: MaskConfig | None = None, init:
         km = KMeans(n_clusters=2, init=init, n_init=10, random_state=0, tol=0.0, max_iter=1000).fit(v)
     high = int(np.argmax(km.cluster_centers_[:, 0]))
     return (km.labels_ == high).reshape(hf.shape)
+
+
+def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian noise σ of ``x`` (N×C×H×W, [0, 1]) on the 0–255 scale, Immerkær's fast estimator
+    (1996) on the channel mean: σ = √(π/2) / (6(H−2)(W−2)) · Σ|x ∗ L|, L = [[1,−2,1],[−2,4,−2],[1,−2,1]].
+    Returns N×1×1×1. Edges inflate it a little (a few units on 8-bit textured images)."""
+    g = x.mean(dim=1, keepdim=True) * 255.0
+    lap = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=x.dtype)[None, None]
+    r = F.conv2d(g, lap).abs()
+    h, w = g.shape[-2:]
+    return r.sum(dim=(1, 2, 3), keepdim=True) * (np.pi / 2) ** 0.5 / (6 * (h - 2) * (w - 2))
+
+
+def noise_aware_base_mask(x: torch.Tensor, config: MaskConfig | None = None, sigma_noise_min: float = 4.0,
+                          sigma_per_noise: float = 0.1) -> torch.Tensor:
+    """Experimental (scripts/robustness.py): the 2-means mask before dilation, computed on a Gaussian-smoothed
+    copy of ``x`` when the estimated noise σ (0–255) exceeds ``sigma_noise_min``; the pre-smoothing σ is
+    ``sigma_per_noise · σ_noise`` LR px. Noise-free images get the plain mask (same as ``MaskGenerator``)."""
+    config = config or MaskConfig()
+    gen = MaskGenerator(config).to(x.device)
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1]
+        s = float(estimate_noise_sigma(xi))
+        if s > sigma_noise_min:
+            sp = sigma_per_noise * s
+            size = 2 * int(np.ceil(2 * sp)) + 1
+            xi = F.conv2d(F.pad(xi, [size // 2] * 4, mode="replicate"),
+                          gaussian_kernel(size, sp)[None, None].expand(xi.shape[1], 1, -1, -1), groups=xi.shape[1])
+        out.append(gen.base_mask(xi))
+    return torch.cat(out)

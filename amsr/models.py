@@ -13,6 +13,7 @@ from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.mask import MaskConfig
 from amsr.sparse_conv import ExecutionMode
+from amsr.sparse_tail import TAIL_RULES
 from amsr.surgery import AcceleratedSR, accelerate
 from amsr.weights import resolve_weights
 from amsr.zoo import Architecture, detect_architecture, get_architecture
@@ -37,8 +38,10 @@ class LoadedModel:
         return PaddedSR(self.net, self.scale, self.arch.size).eval()
 
     def accelerated(self, config: MaskConfig | None = None, mode: ExecutionMode = "sparse") -> PaddedSR:
-        """The network with AMSR applied (a copy; ``self.net`` stays dense)."""
-        acc = accelerate(self.net, self.arch.rules, config, mode=mode)
+        """The network with AMSR applied (a copy; ``self.net`` stays dense). With an output blend
+        (``config.output_dilation``), the tail convs listed in ``amsr.sparse_tail.TAIL_RULES`` run sparsely."""
+        tail = TAIL_RULES.get(self.arch.id)
+        acc = accelerate(self.net, self.arch.rules, config, mode=mode, tail=tail(self.scale) if tail else None)
         return PaddedSR(acc, self.scale, self.arch.size).eval()
 
 

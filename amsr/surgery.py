@@ -14,11 +14,13 @@ import fnmatch
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.mask import MaskConfig, MaskGenerator
+from amsr.mask import MaskConfig, MaskGenerator, dilate
 from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
+from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse_window import MaskedSwinBlock
 from amsr.zoo.descriptor import SparseRules
 from amsr.zoo.swinir_arch import SwinTransformerBlock
@@ -67,29 +69,58 @@ class AcceleratedSR(nn.Module):
 
     Input/output as the wrapped network (N×3×H×W float RGB in [0, 1] → N×3×sH×sW). ``last_mask`` keeps the
     mask of the last call (N×1×H×W, 0/1) so that callers can report its density.
+
+    With ``config.output_dilation`` set (output blend, FINDINGS §2), the network runs with the mask dilated
+    by ``config.dilation`` and the result is ``where(m_out↑, net(x), bicubic(x))``: ``m_out`` is the
+    2-means mask dilated by ``output_dilation``, nearest-upsampled to SR size; ``bicubic`` is
+    ``F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)`` (torch's bicubic, a = −0.75,
+    not MATLAB's imresize). ``last_output_mask`` keeps ``m_out`` (LR size; ``None`` without a blend).
+    Tail convs wrapped as ``TailMaskedConv`` (``tail`` of ``accelerate``) then run only where they can reach
+    a kept SR pixel; an unwrapped tail runs densely and is counted in full by ``amsr.cost``.
     """
 
-    def __init__(self, net: nn.Module, config: MaskConfig, context: MaskContext) -> None:
+    def __init__(self, net: nn.Module, config: MaskConfig, context: MaskContext,
+                 tail_context: TailContext | None = None) -> None:
         super().__init__()
         self.net = net
         self.mask_generator = MaskGenerator(config)
         self.context = context
+        self.tail_context = tail_context
         self.last_mask: torch.Tensor | None = None
+        self.last_output_mask: torch.Tensor | None = None
 
     @property
     def config(self) -> MaskConfig:
         return self.mask_generator.config
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` (N×1×H×W, 0/1) replaces the generated one: for tests and for callers with their own."""
-        if mask is None:
-            mask = self.mask_generator(x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                output_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (N×1×H×W, 0/1) replaces the generated network mask, ``output_mask`` the blend's mask
+        (only used with ``config.output_dilation`` set): for tests and for callers with their own."""
+        d_out = self.config.output_dilation
+        if d_out is None:
+            self.last_output_mask = None
+            if mask is None:
+                mask = self.mask_generator(x)
+        elif mask is None or output_mask is None:
+            base = self.mask_generator.base_mask(x)
+            mask = dilate(base, self.config.dilation) if mask is None else mask
+            output_mask = dilate(base, d_out) if output_mask is None else output_mask
         self.last_mask = mask
         self.context.mask = mask
+        if self.tail_context is not None:
+            self.tail_context.output_mask = output_mask  # None without a blend: the tail runs densely
         try:
-            return self.net(x)
+            y = self.net(x)
         finally:
             self.context.mask = None
+            if self.tail_context is not None:
+                self.tail_context.output_mask = None
+        if d_out is None:
+            return y
+        assert output_mask is not None
+        self.last_output_mask = output_mask
+        return blend_output(x, y, output_mask)
 
     def set_mode(self, mode: ExecutionMode) -> None:
         """Switch every masked layer between the sparse inference path and the dense reference path."""
@@ -104,8 +135,18 @@ class AcceleratedSR(nn.Module):
         return sum(m.last_selected for m in blocks) / total if total else None
 
 
+def blend_output(x: torch.Tensor, y: torch.Tensor, output_mask: torch.Tensor) -> torch.Tensor:
+    """``where(output_mask↑, y, bicubic(x))``: the network's SR ``y`` where the (nearest-upsampled) LR mask
+    is 1, torch bicubic (``align_corners=False``) of the LR input ``x`` elsewhere."""
+    size = (y.shape[-2], y.shape[-1])
+    up = F.interpolate(output_mask, size=size, mode="nearest")
+    bic = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    return torch.where(up > 0.5, y, bic)
+
+
 def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskConfig | None = None,
-               mode: ExecutionMode = "sparse", inplace: bool = False) -> AcceleratedSR:
+               mode: ExecutionMode = "sparse", inplace: bool = False,
+               tail: Iterable[tuple[str, int]] | None = None) -> AcceleratedSR:
     """Apply AMSR to ``net``.
 
     Args:
@@ -114,6 +155,9 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
             ``fnmatch`` patterns naming the body 3×3 convs.
         config: mask settings (blur, dilation, window threshold, …); defaults to ``MaskConfig()``.
         mode: ``"sparse"`` computes only masked-in pixels / selected windows; ``"dense"`` is the reference path.
+        tail: (conv name, resolution factor vs LR) of the tail convs in execution order (``amsr.sparse_tail``
+            ``TAIL_RULES``); used only with ``config.output_dilation`` set: they become ``TailMaskedConv``
+            computed where the blend keeps the network output. ``None``: the tail runs densely.
 
     Raises:
         UnsupportedModelError: a pattern matches nothing, or names a layer that cannot be masked.
@@ -138,6 +182,13 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
                                     f"(e.g. {inside[0]}): a block is masked as a whole")
     for name in blocks:
         new[name] = MaskedSwinBlock(net.get_submodule(name), context, config.window_threshold, mode=mode, name=name)
+    tail_context = None
+    if tail is not None and config.output_dilation is not None:
+        tail_context = TailContext()
+        for name, radius in tail_layers(net, list(tail)):
+            if name in new or any(name.startswith(b + ".") for b in blocks):
+                raise UnsupportedModelError(f"tail conv {name} is also a masked body layer")
+            new[name] = TailMaskedConv(net.get_submodule(name), tail_context, radius, name=name)
     for name, module in new.items():
         _replace(net, name, module)
-    return AcceleratedSR(net, config, context)
+    return AcceleratedSR(net, config, context, tail_context)

@@ -33,12 +33,16 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window-threshold", type=float, default=d.window_threshold,
                    help="transformer blocks compute a window when its mean mask is ≥ this "
                         f"(0: all windows; default {d.window_threshold})")
+    g.add_argument("--output-dilation", type=int, default=d.output_dilation, metavar="D_OUT",
+                   help="output blend: network output where the mask dilated by D_OUT (≤ --dilation) is 1, "
+                        "torch bicubic elsewhere (default: no blend)")
 
 
 def mask_config_from(args: argparse.Namespace) -> MaskConfig:
     try:
         return MaskConfig(blur_size=args.blur_size, blur_sigma=args.blur_sigma, dilation=args.dilation,
-                          window_threshold=args.window_threshold)
+                          window_threshold=args.window_threshold,
+                          output_dilation=getattr(args, "output_dilation", None))
     except ValueError as e:
         raise AmsrError(str(e)) from None
 

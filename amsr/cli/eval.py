@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from tqdm import tqdm
 
+from amsr import paths
+from amsr.cli.calibrate import add_calibration_args, calibrate, parse_budget
 from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main, write_json
+from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
+from amsr.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
+from amsr.operating_point import load_operating_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_mask_args(p)
     p.add_argument("--data", required=True, help="folder with HR/ and LR/ of the same file names")
+    op = p.add_argument_group("operating point (instead of the mask options)")
+    x = op.add_mutually_exclusive_group()
+    x.add_argument("--quality-budget", metavar="DB",
+                   help="calibrate first (on --calibration, never on --data) and use the most compute-saving "
+                        "setting whose mean Y-PSNR loss there is ≤ DB")
+    x.add_argument("--operating-point", metavar="FILE", type=Path, help="mask settings from amsr-calibrate --json")
+    op.add_argument("--calibration", metavar="DIR", type=Path,
+                    help="HR calibration images for --quality-budget (default $AMSR_DATA_DIR/train)")
+    add_calibration_args(op)
     p.add_argument("--json", help="write the report here (atomically)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -42,6 +57,26 @@ def format_table(r: EvalReport) -> str:
 def _run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.data)
     config = mask_config_from(args)
+    extra: dict[str, object] = {}
+    if args.quality_budget is not None:
+        budget = parse_budget(args.quality_budget)
+        folder = args.calibration or paths.data_dir() / "train"
+        if folder.resolve() == Path(args.data).resolve() or Path(args.data).resolve() in folder.resolve().parents:
+            raise AmsrError("--calibration must not be the evaluation data (the reported numbers would not be honest)")
+        op = calibrate(args, folder, budget)
+        extra = {"operating_point": {k: v for k, v in op.to_json().items() if k != "grid"}}
+        if op.config is None:
+            raise AmsrError(f"no mask setting stays within {budget} dB on the calibration images: use the dense model")
+        config = op.config
+    elif args.operating_point is not None:
+        doc, cfg = load_operating_point(args.operating_point)
+        if doc.get("model") not in (None, args.model) or doc.get("scale") not in (None, args.scale):
+            raise AmsrError(f"{args.operating_point}: operating point of {doc.get('model')} x{doc.get('scale')}, "
+                            f"not {args.model} x{args.scale}")
+        if cfg is None:
+            raise AmsrError(f"{args.operating_point}: no setting fitted its budget (dense model)")
+        config = cfg
+        extra = {"operating_point": str(args.operating_point)}
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     acc = model.accelerated(config)
     inner = unwrap_accelerated(acc)
@@ -53,8 +88,8 @@ def _run(args: argparse.Namespace) -> int:
     def progress(it):  # type: ignore[no-untyped-def]
         return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
-    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, asdict(config), progress,
-                      windows_of=inner.window_fraction)
+    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, {**asdict(config), **extra},
+                      progress, windows_of=inner.window_fraction)
     print(format_table(report))
     if args.json:
         write_json(args.json, report.to_json())

@@ -1,0 +1,81 @@
+"""``amsr-calibrate``: measure a grid of mask settings on your own HR images and write the most
+compute-saving one whose mean Y-PSNR loss stays within the budget (an operating point for ``amsr-eval
+--operating-point``). LR images are made by torch bicubic downscale with antialias (not MATLAB imresize);
+use images like those you will upscale, never the test set you report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from amsr.cli.common import add_model_args, run_main, write_json
+from amsr.errors import AmsrError
+from amsr.models import load_model
+from amsr.operating_point import check_budget, choose_operating_point, load_calibration
+
+DEFAULT_BUDGET_DB = 0.05
+
+
+def parse_budget(s: str | float) -> float:
+    """A budget in dB from the command line (checked in the body, so that errors are one line)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise AmsrError(f"quality budget must be a number of dB, got {s!r}") from None
+    check_budget(v)
+    return v
+
+
+def add_calibration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-images", type=int, default=20, help="calibrate on at most this many images (default 20)")
+    p.add_argument("--crop", type=int, default=128,
+                   help="centre crop of this many LR px per side (default 128; 0 = whole images)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amsr-calibrate", description=__doc__)
+    add_model_args(p)
+    p.add_argument("--images", required=True, type=Path, help="folder of HR calibration images")
+    p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB),
+                   help=f"largest mean Y-PSNR loss allowed, dB (default {DEFAULT_BUDGET_DB})")
+    add_calibration_args(p)
+    p.add_argument("--json", required=True, type=Path, help="write the operating point here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def calibrate(args: argparse.Namespace, folder: Path, budget: float):  # type: ignore[no-untyped-def]
+    if args.max_images is not None and args.max_images < 1:
+        raise AmsrError(f"--max-images must be ≥ 1, got {args.max_images}")
+    pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
+    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    progress = (lambda s: print(f"calibrating {s}", file=sys.stderr)) if getattr(args, "verbose", False) else None
+    op = choose_operating_point(model, pairs, budget, progress=progress)
+    op.calibration.update({"folder": str(folder), "crop_lr_px": args.crop or None,
+                           "lr": "torch bicubic downscale, antialias=True, uint8"})
+    return op
+
+
+def _run(args: argparse.Namespace) -> int:
+    budget = parse_budget(args.budget)
+    op = calibrate(args, args.images, budget)
+    write_json(args.json, op.to_json())
+    if op.chosen is None:
+        print(f"{args.model} x{args.scale}: no setting stays within {budget} dB on "
+              f"{op.calibration['images']} image(s): use the dense model")
+    else:
+        c = op.chosen
+        print(f"{args.model} x{args.scale}: dilation {c.config.dilation}, output_dilation "
+              f"{c.config.output_dilation}, window_threshold {c.config.window_threshold}: "
+              f"{-c.loss_db:+.3f} dB, {100 * c.saved:.1f}% GMACs saved on {op.calibration['images']} image(s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("amsr-calibrate", _run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

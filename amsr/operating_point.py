@@ -1,0 +1,226 @@
+"""Choosing an operating point: the most compute-saving mask setting whose measured quality loss stays
+within a budget on a calibration set.
+
+A *setting* is a ``MaskConfig`` (blur σ, network dilation d_net, window threshold, output-blend dilation
+d_out). ``score_grid`` measures each setting on calibration pairs: mean Y-PSNR/SSIM loss against the dense
+model and effective GMACs (``amsr.cost``: what the code really computes; the tail of the network runs
+only where it can reach a pixel the output blend keeps, see ``amsr.sparse_tail``). Every setting runs the
+accelerated model itself (one forward per setting and image), so output and cost are what the model does.
+
+Calibration images: HR images of the user's kind of content, *never* the test sets. LR images are made with
+``make_lr``: torch bicubic downscale with ``antialias=True`` (a = −0.75; close to, but not the same as,
+MATLAB's ``imresize``, which the benchmark LR images use), rounded to 8 bits like a stored PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from amsr.cost import run_counting_macs
+from amsr.errors import AmsrError, InputImageError
+from amsr.images import IMAGE_SUFFIXES, read_rgb8, to_tensor, to_uint8
+from amsr.mask import MaskConfig
+from amsr.metrics import psnr_y, ssim_y
+from amsr.models import LoadedModel, unwrap_accelerated
+
+Pair = tuple[np.ndarray, np.ndarray]  # (LR, HR) uint8 H×W×3
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One measured setting: mean loss vs dense (positive = worse) and the effective compute."""
+
+    config: MaskConfig
+    loss_db: float
+    ssim_loss: float
+    gmacs: float
+    dense_gmacs: float
+    density: float  # network mask
+    output_density: float | None  # blend mask (None: no blend)
+    windows: float | None = None
+
+    @property
+    def saved(self) -> float:
+        return 1.0 - self.gmacs / self.dense_gmacs if self.dense_gmacs else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["saved"] = self.saved
+        return d
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The chosen setting (``config`` None: no setting fits the budget, run the dense model)."""
+
+    model: str
+    scale: int
+    budget_db: float
+    config: MaskConfig | None
+    chosen: GridPoint | None
+    calibration: dict[str, object] = field(default_factory=dict)
+    grid: tuple[GridPoint, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"model": self.model, "scale": self.scale, "budget_db": self.budget_db,
+                "config": asdict(self.config) if self.config else None,
+                "chosen": self.chosen.to_json() if self.chosen else None,
+                "calibration": self.calibration, "grid": [g.to_json() for g in self.grid]}
+
+
+def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """HR (cropped to a multiple of ``scale``) and its LR by torch bicubic downscale, antialias=True, uint8."""
+    h, w = (hr.shape[0] // scale) * scale, (hr.shape[1] // scale) * scale
+    hr = hr[:h, :w]
+    lr = F.interpolate(to_tensor(hr), size=(h // scale, w // scale), mode="bicubic", align_corners=False,
+                       antialias=True)
+    return to_uint8(lr), hr
+
+
+def load_calibration(folder: str | os.PathLike[str], scale: int, max_images: int | None = None,
+                     crop: int | None = None) -> list[Pair]:
+    """(LR, HR) pairs from a folder (and its subfolders) of HR images (sorted; every ``k``-th image when ``max_images`` is less
+    than the count, so the sample spans the folder); ``crop``: centre crop of that many LR pixels per side.
+
+    Raises:
+        InputImageError: no such folder, or no images in it.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputImageError(f"{root}: no such folder of calibration images")
+    # Recursive: training sets come as subfolders (T91/, BSD200/).
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputImageError(f"{root}: no images (expected HR .png/.jpg/… files)")
+    if max_images is not None and len(files) > max_images:
+        step = len(files) / max_images
+        files = [files[int(i * step)] for i in range(max_images)]
+    pairs = []
+    for f in files:
+        hr = read_rgb8(f)
+        if crop is not None:
+            c = crop * scale
+            top, left = max(0, (hr.shape[0] - c) // 2), max(0, (hr.shape[1] - c) // 2)
+            hr = hr[top:top + c, left:left + c]
+        if min(hr.shape[:2]) < 16 * scale:
+            continue  # too small to score
+        lr, hr = make_lr(hr, scale)
+        pairs.append((lr, hr))
+    if not pairs:
+        raise InputImageError(f"{root}: every image is smaller than {16 * scale} px")
+    return pairs
+
+
+def default_grid(model: LoadedModel) -> list[MaskConfig]:
+    """A small grid: d_net 1–4 (and 6), d_out ∈ {none, 0, 1, 2} ≤ d_net; window thresholds for transformers."""
+    thresholds = (0.25, 0.5) if model.arch.rules.windows else (0.5,)
+    out = []
+    for thr in thresholds:
+        for d in (1, 2, 3, 4, 6):
+            for d_out in (None, 0, 1, 2):
+                if d_out is None or d_out <= d:
+                    out.append(MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr))
+    return out
+
+
+@torch.no_grad()
+def score_grid(model: LoadedModel, pairs: Sequence[Pair], grid: Iterable[MaskConfig],
+               progress: Callable[[str], None] | None = None) -> list[GridPoint]:
+    """Measure every setting of ``grid`` on ``pairs`` (mean over images)."""
+    grid = list(grid)
+    dense = model.dense()
+    d_rows = []
+    for lr, hr in pairs:
+        sr, macs = run_counting_macs(dense, to_tensor(lr))
+        out = to_uint8(sr)
+        d_rows.append((psnr_y(out, hr, model.scale), ssim_y(out, hr, model.scale), macs / 1e9))
+    results: dict[MaskConfig, GridPoint] = {}
+    for c in dict.fromkeys(grid):
+        if progress:
+            progress(f"σ={c.blur_sigma} d_net={c.dilation} d_out={c.output_dilation} thr={c.window_threshold}")
+        acc = model.accelerated(c)
+        inner = unwrap_accelerated(acc)
+        rows = []
+        for (lr, hr), (dp, ds, dm) in zip(pairs, d_rows):
+            sr, macs = run_counting_macs(acc, to_tensor(lr))
+            out = to_uint8(sr)
+            od = None if inner.last_output_mask is None else float(inner.last_output_mask.mean())
+            rows.append((dp - psnr_y(out, hr, model.scale), ds - ssim_y(out, hr, model.scale), macs / 1e9, dm,
+                         float(inner.last_mask.mean()), od, inner.window_fraction()))
+        a = np.array([row[:5] for row in rows], dtype=float)
+        ods = [row[5] for row in rows if row[5] is not None]
+        ws = [row[6] for row in rows if row[6] is not None]
+        results[c] = GridPoint(c, float(a[:, 0].mean()), float(a[:, 1].mean()), float(a[:, 2].mean()),
+                               float(a[:, 3].mean()), float(a[:, 4].mean()),
+                               float(np.mean(ods)) if ods else None, float(np.mean(ws)) if ws else None)
+    return [results[c] for c in grid]
+
+
+def pick(points: Sequence[GridPoint], budget_db: float) -> GridPoint | None:
+    """The point with the most GMACs saved among those with ``loss_db ≤ budget_db`` (ties: smaller loss);
+    ``None`` when none qualifies or none saves anything."""
+    check_budget(budget_db)
+    ok = [p for p in points if p.loss_db <= budget_db and p.saved > 0]
+    if not ok:
+        return None
+    return min(ok, key=lambda p: (-round(p.saved, 6), p.loss_db))
+
+
+def check_budget(budget_db: float) -> None:
+    if not (isinstance(budget_db, (int, float)) and np.isfinite(budget_db) and budget_db >= 0):
+        raise AmsrError(f"quality budget must be a finite number of dB ≥ 0, got {budget_db!r}")
+
+
+def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db: float,
+                           grid: Iterable[MaskConfig] | None = None,
+                           scorer: Callable[[LoadedModel, Sequence[Pair], list[MaskConfig]], list[GridPoint]]
+                           | None = None,
+                           progress: Callable[[str], None] | None = None) -> OperatingPoint:
+    """Measure ``grid`` (default ``default_grid``) on the calibration ``images`` and pick the most
+    compute-saving setting whose mean Y-PSNR loss is ≤ ``budget_db``. ``scorer`` replaces ``score_grid``
+    (tests). ``config`` of the result is None when nothing fits: use the dense model.
+
+    Raises:
+        AmsrError: a negative or non-finite budget, or no calibration images.
+    """
+    check_budget(budget_db)
+    if not images:
+        raise AmsrError("no calibration images")
+    grid = list(grid) if grid is not None else default_grid(model)
+    points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress)))(model, images, grid)
+    best = pick(points, budget_db)
+    return OperatingPoint(model.arch.id, model.scale, float(budget_db), best.config if best else None, best,
+                          {"images": len(images)}, tuple(points))
+
+
+def config_from_json(d: dict[str, object]) -> MaskConfig:
+    try:
+        return MaskConfig(**d)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise AmsrError(f"bad mask settings in operating point: {e}") from None
+
+
+def load_operating_point(path: str | os.PathLike[str]) -> tuple[dict[str, object], MaskConfig | None]:
+    """The JSON written by ``amsr-calibrate`` and its ``MaskConfig`` (None: dense).
+
+    Raises:
+        AmsrError: unreadable file, not JSON, or no ``config`` entry.
+    """
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise AmsrError(f"{path}: cannot read operating point ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise AmsrError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(d, dict) or "config" not in d:
+        raise AmsrError(f"{path}: not an operating point (no 'config' entry)")
+    cfg = d["config"]
+    return d, None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]

@@ -1,0 +1,134 @@
+"""Sparse tail for the output blend: compute the upsampler / reconstruction convs only where their result
+can reach a kept SR pixel.
+
+With the output blend (``MaskConfig.output_dilation``), SR pixels outside ``m_out↑`` take the bicubic value,
+so the network's tail (the layers after the body: upsampler convs, reconstruction conv, at 1× … s× LR
+resolution) need not run there. ``TailMaskedConv`` wraps one such conv (any kernel k×k, stride 1, zero
+padding k//2, any groups and channel counts) and computes it only at the pixels of
+
+    dilate(nearest_resize(m_out, its resolution), radius)
+
+writing zeros elsewhere; ``radius`` covers the receptive field of the tail layers after it (so every kept
+SR pixel sees exactly the dense values; the tests check that the blend is unchanged). Its
+``effective_macs`` counts only the pixels it computes, which is what ``amsr.cost`` reports.
+
+``TAIL_RULES`` lists, per zoo architecture and scale, the tail convs in execution order with their
+resolution factor relative to LR; ``tail_layers`` turns them into radii. A conv whose input is not an
+integer multiple of the mask size (internal padding) falls back to dense (counted in full).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amsr.errors import UnsupportedModelError
+from amsr.mask import dilate
+
+# Pixels per chunk of the gather (bounds the memory of the k²-tap patches at HR resolution).
+_CHUNK = 16384
+
+
+class TailContext:
+    """The blend's LR output mask for the tail convs of one model (``None``: compute everything)."""
+
+    def __init__(self) -> None:
+        self.output_mask: torch.Tensor | None = None
+
+    def mask_at(self, size: tuple[int, int], radius: int) -> torch.Tensor | None:
+        m = self.output_mask
+        if m is None:
+            return None
+        h, w = m.shape[-2:]
+        if size[0] % h or size[1] % w or size[0] // h != size[1] // w:
+            return None  # not an integer multiple of the mask grid: compute densely
+        if tuple(size) != (h, w):
+            m = F.interpolate(m, size=size, mode="nearest")
+        return dilate(m, radius)
+
+
+class TailMaskedConv(nn.Module):
+    """A conv computed only where the tail mask (at its resolution, dilated by ``radius``) is 1; zeros elsewhere."""
+
+    def __init__(self, conv: nn.Conv2d, context: TailContext, radius: int, name: str = "conv") -> None:
+        super().__init__()
+        k = conv.kernel_size
+        if (not isinstance(conv, nn.Conv2d) or k[0] != k[1] or k[0] % 2 == 0 or conv.stride != (1, 1)
+                or conv.dilation != (1, 1) or conv.padding != (k[0] // 2, k[1] // 2) or conv.padding_mode != "zeros"):
+            raise UnsupportedModelError(f"{name}: tail conv must be an odd square, stride-1, 'same' zero-padded Conv2d")
+        self.conv = conv
+        self.context = context
+        self.radius = radius
+        self.last_active = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.context.mask_at((x.shape[-2], x.shape[-1]), self.radius)
+        if mask is None:
+            self.last_active = x.shape[0] * x.shape[2] * x.shape[3]
+            return self.conv(x)
+        n_idx, i_idx, j_idx = (mask[:, 0] > 0.5).nonzero(as_tuple=True)
+        self.last_active = int(n_idx.numel())
+        c_out = self.conv.out_channels
+        out = x.new_zeros(x.shape[0], c_out, x.shape[2], x.shape[3])
+        if self.last_active == 0:
+            return out
+        k = self.conv.kernel_size[0]
+        r = k // 2
+        g = self.conv.groups
+        w = self.conv.weight.reshape(g, c_out // g, -1)  # g × out/g × (in/g·k²)
+        xp = F.pad(x, (r, r, r, r)).permute(0, 2, 3, 1)  # N×(H+2r)×(W+2r)×C
+        c = x.shape[1]
+        for s in range(0, self.last_active, _CHUNK):
+            n, i, j = n_idx[s:s + _CHUNK], i_idx[s:s + _CHUNK], j_idx[s:s + _CHUNK]
+            taps = [xp[n, i + dy, j + dx] for dy in range(k) for dx in range(k)]
+            patches = torch.stack(taps, dim=2).reshape(-1, g, (c // g) * k * k)
+            y = torch.einsum("pgk,gok->pgo", patches, w).reshape(-1, c_out)
+            if self.conv.bias is not None:
+                y = y + self.conv.bias
+            out[n, :, i, j] = y
+        return out
+
+    def effective_macs(self) -> int:
+        k = self.conv.kernel_size[0]
+        return self.last_active * self.conv.out_channels * (self.conv.in_channels // self.conv.groups) * k * k
+
+    def extra_repr(self) -> str:
+        return f"radius={self.radius}"
+
+
+def _carn(scale: int) -> list[tuple[str, int]]:
+    if scale == 4:
+        return [("upsample.up4.body.0", 1), ("upsample.up4.body.3", 2), ("exit", 4)]
+    return [(f"upsample.up{scale}.body.0", 1), ("exit", scale)]
+
+
+def _pan(scale: int) -> list[tuple[str, int]]:
+    if scale == 4:
+        return [("upconv1", 2), ("att1.conv", 2), ("HRconv1", 2), ("upconv2", 4), ("att2.conv", 4),
+                ("HRconv2", 4), ("conv_last", 4)]
+    return [("upconv1", scale), ("att1.conv", scale), ("HRconv1", scale), ("conv_last", scale)]
+
+
+# Architecture id → scale → tail convs in execution order, each with its resolution factor vs LR.
+TAIL_RULES: dict[str, Callable[[int], list[tuple[str, int]]]] = {
+    "carn": _carn,
+    "carn_m": _carn,
+    "imdn": lambda s: [("upsampler.0", 1)],
+    "pan": _pan,
+    "imdtn": lambda s: [("upsampler.0", 1)],
+}
+
+
+def tail_layers(net: nn.Module, layers: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """(name, radius) per tail conv: the radius (in the conv's own pixels) covering the receptive field of
+    every later tail conv, rounded up."""
+    convs = [net.get_submodule(name) for name, _ in layers]
+    out = []
+    for idx, (name, factor) in enumerate(layers):
+        later = sum((c.kernel_size[0] // 2) / f for c, (_, f) in zip(convs[idx + 1:], layers[idx + 1:]))
+        out.append((name, math.ceil(later * factor - 1e-9)))
+    return out
