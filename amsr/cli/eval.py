@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict
 
+import torch
 from tqdm import tqdm
 
 from amsr import paths
@@ -15,16 +16,19 @@ from amsr.cli.calibrate import add_calibration_args, calibrate, parse_budget
 from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main, write_json
 from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
-from amsr.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
 from amsr.operating_point import load_operating_point
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="amsr-eval", description=__doc__)
-    add_model_args(p)
+    add_model_args(p, required=False)
     add_mask_args(p)
     p.add_argument("--data", required=True, help="folder with HR/ and LR/ of the same file names")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="run the accelerated model in PyTorch (default) or run --onnx in onnxruntime")
+    p.add_argument("--onnx", type=Path, help="exported model (amsr-export) for --backend onnxruntime; model, "
+                                             "scale and mask settings are read from the file")
     op = p.add_argument_group("operating point (instead of the mask options)")
     x = op.add_mutually_exclusive_group()
     x.add_argument("--quality-budget", metavar="DB",
@@ -54,9 +58,47 @@ def format_table(r: EvalReport) -> str:
     return "\n".join(lines)
 
 
+def _onnx_identity(args: argparse.Namespace) -> None:
+    """Fill --model/--scale/--variant and the mask settings from an exported file's metadata."""
+    import json
+
+    from amsr.export.metadata import read_metadata
+    from amsr.mask import MaskConfig
+
+    if args.onnx is None or not args.onnx.is_file():
+        raise AmsrError("--backend onnxruntime needs --onnx FILE (an amsr-export output)")
+    meta = read_metadata(args.onnx)
+    args.model = args.model or meta.get("amsr.model")
+    args.scale = args.scale or (int(meta["amsr.scale"]) if "amsr.scale" in meta else None)
+    args.variant = args.variant or meta.get("amsr.variant", "")
+    if meta.get("amsr.kind") != "accelerated":
+        raise AmsrError(f"{args.onnx}: not an accelerated export (kind {meta.get('amsr.kind')!r})")
+    args.onnx_config = MaskConfig(**json.loads(meta["amsr.mask_config"]))
+
+
+class _OrtScored(torch.nn.Module):
+    """SR from onnxruntime; effective MACs and mask density from the PyTorch twin run on the same input
+    (the masks are identical — ``amsr-parity`` checks it), since onnxruntime cannot count realised work."""
+
+    def __init__(self, twin: torch.nn.Module, onnx_path: Path) -> None:
+        super().__init__()
+        from amsr.runtime.onnxrt import OrtUpscaler
+
+        self.twin = twin
+        self.ort = OrtUpscaler(onnx_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.twin(x)
+        return torch.from_numpy(self.ort(x.numpy()))
+
+
 def _run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.data)
-    config = mask_config_from(args)
+    if args.backend == "onnxruntime":
+        _onnx_identity(args)
+    if not args.model or not args.scale:
+        raise AmsrError("--model and --scale are required (or --backend onnxruntime --onnx FILE)")
+    config = args.onnx_config if args.backend == "onnxruntime" else mask_config_from(args)
     extra: dict[str, object] = {}
     if args.quality_budget is not None:
         budget = parse_budget(args.quality_budget)
@@ -88,7 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     def progress(it):  # type: ignore[no-untyped-def]
         return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
-    report = evaluate(args.model, args.scale, model.dense(), acc, density, pairs, {**asdict(config), **extra},
+    scored = _OrtScored(acc, args.onnx) if args.backend == "onnxruntime" else acc
+    extra["backend"] = args.backend
+    report = evaluate(args.model, args.scale, model.dense(), scored, density, pairs, {**asdict(config), **extra},
                       progress, windows_of=inner.window_fraction)
     print(format_table(report))
     if args.json:

@@ -85,3 +85,28 @@ def test_engine_without_tensorrt_keeps_the_onnx(weights_dir: Path, tmp_path: Pat
     err = capsys.readouterr().err
     assert rc == 1 and "tensorrt" in err.lower() and "Traceback" not in err
     assert (tmp_path / "fsrcnn.onnx").is_file() and not out.exists()
+
+
+def test_eval_with_onnxruntime_backend_matches_pytorch(weights_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """``amsr-eval --backend onnxruntime``: same scores as the PyTorch path, MACs from the realised mask."""
+    from amsr.cli.eval import main as eval_main
+    from amsr.export.metadata import add_metadata
+    from tests.onnx_exports import exported
+
+    weights = weights_dir / "carn_m.pth"
+    if not weights.is_file():
+        pytest.skip("carn_m.pth not in the shared weights")
+    onnx_file = tmp_path / "carn_m_x4_amsr.onnx"
+    shutil.copy(exported("accelerated", weights), onnx_file)
+    add_metadata(onnx_file, {"amsr.model": "carn_m", "amsr.variant": ""})
+    data = _two_images(data_dir, tmp_path, 4)
+    ort_json, torch_json = tmp_path / "ort.json", tmp_path / "torch.json"
+    assert eval_main(["--backend", "onnxruntime", "--onnx", str(onnx_file), "--data", str(data),
+                      "--weights", str(weights), "--json", str(ort_json), "--no-progress"]) == 0
+    assert eval_main(["--model", "carn_m", "--scale", "4", "--data", str(data), "--weights", str(weights),
+                      "--json", str(torch_json), "--no-progress"]) == 0
+    ort, ref = json.loads(ort_json.read_text()), json.loads(torch_json.read_text())
+    assert ort["settings"]["backend"] == "onnxruntime"
+    assert ort["amsr"]["psnr_y"] == pytest.approx(ref["amsr"]["psnr_y"], abs=1e-3)
+    assert ort["amsr"]["gmacs"] == pytest.approx(ref["amsr"]["gmacs"], rel=1e-9)
+    assert ort["amsr"]["density"] == pytest.approx(ref["amsr"]["density"])
