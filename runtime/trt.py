@@ -36,6 +36,7 @@ import numpy as np
 
 from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
 from amsr.files import save_bytes
+from amsr.weights import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,6 @@ def gpu_name() -> str:
     if not names:
         raise BackendUnavailableError("no NVIDIA GPU found (nvidia-smi lists none)")
     return names[0]
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _amsr_version() -> str:
