@@ -1,0 +1,292 @@
+"""Speed benchmark: dense vs accelerated on the same images in the same run (``amsr-bench``).
+
+Protocol: every model/session is warmed up on every image, then ``repeats`` rounds; within a round each image
+is run dense, mask-only and accelerated back to back (interleaved), so that the load of a shared machine hits
+all variants alike. Per image the median over rounds is kept; totals are sums of per-image medians and
+``ratio = Σ amsr / Σ dense``.
+
+Strategies (how the accelerated network runs its masked convs):
+
+- ``pixel``: ``MaskedConv2d`` / ``GatherScatterConv2d`` — gather the 3×3 taps of each masked-in pixel.
+- ``tile``: ``amsr.sparse_tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
+- ``auto``: per image, from the mask: the active tile fraction ``f`` decides. If ``f ≤ break_even`` the tile
+  network runs under that mask (``mask`` as a graph input, so the mask is computed once); otherwise the dense
+  network runs (never slower than dense beyond the mask stage) and the effective GMACs are the dense ones.
+  ``break_even`` is the tile fraction at which the tile network's masked stages cost as much as the dense
+  convs they replace: ``f* = (t_dense_convs − t_fixed) / t_dense_convs`` with ``t_fixed`` the per-stage
+  gather/scatter/transposes at f → 0 (measured per model with the ORT profiler, ``BREAK_EVEN`` below; for
+  models not listed 0.5).
+
+GMACs are counted in PyTorch from the realised mask (``amsr.cost``), the tile path counting whole tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amsr.cost import run_counting_macs
+from amsr.errors import AmsrError
+from amsr.images import list_images, read_rgb8, to_tensor
+from amsr.mask import MaskConfig, MaskGenerator
+from amsr.models import LoadedModel
+from amsr.sparse_tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "pixel", "tile")
+# Active-tile fraction above which ``auto`` runs the dense network (see module docstring; ORT CPU, 2 threads).
+# CARN-M: the tile stages' fixed cost alone (Pad/Transpose/ScatterND/Slice of the full map, plus the NCHWc
+# Reorder nodes onnxruntime inserts around every non-conv stage) exceeds what its cheap grouped convs cost
+# dense, so f* < 0: auto never tiles it (measured Set14 x4, T=8: sparse stages 1162 ms/img + 717 ms/img of
+# extra Reorder in the profile vs ≤ 770 ms/img for the 18 dense grouped convs they replace).
+# IMDN (T=8, first 7 Set14 images): tile stages ≈ 95 ms/img of data movement + Reorder vs ≈ 72 ms/img for the 6
+# dense c1 convs (31 % of its MACs): f* < 0 as well.
+BREAK_EVEN: dict[str, float] = {"carn_m": -1.0, "imdn": -1.0}
+DEFAULT_BREAK_EVEN = 0.5
+
+
+def bench_images(data: Path) -> list[Path]:
+    """LR images of a benchmark folder: ``DIR/LR/*`` when there is one, else ``DIR/*``."""
+    folder = data / "LR" if (data / "LR").is_dir() else data
+    images = list_images(folder)
+    if not images:
+        raise AmsrError(f"no images in {folder}")
+    return images
+
+
+@dataclass
+class Variants:
+    """The PyTorch modules of one benchmark: dense, accelerated (pixel or tile), mask generator."""
+
+    dense: torch.nn.Module
+    amsr: torch.nn.Module
+    mask: MaskGenerator
+    tile_net: torch.nn.Module | None = None  # tile network (auto strategy)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int) -> Variants:
+    acc = model.accelerated(config)
+    gen = next(m for m in acc.modules() if isinstance(m, MaskGenerator))
+    if strategy == "pixel":
+        return Variants(model.dense(), acc, gen)
+    tiled = to_tiles(acc, tile)
+    return Variants(model.dense(), tiled, gen, tile_net=tiled)
+
+
+def _median_ms(samples: list[float]) -> float:
+    return float(statistics.median(samples)) * 1e3
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def summarise_profile(path: str | Path, runs: int) -> dict[str, Any]:
+    """Per-run milliseconds of an onnxruntime profile, by op type and by stage (``mask``, ``sparse_conv``, rest)."""
+    events = json.loads(Path(path).read_text())
+    by_op: dict[str, float] = defaultdict(float)
+    by_stage: dict[str, float] = defaultdict(float)
+    sparse_by_op: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        ms = float(e.get("dur", 0)) / 1e3 / max(1, runs)
+        op = e.get("args", {}).get("op_name", "?")
+        name = e["name"]
+        stage = name.split("/")[0] if "/" in name else "network"
+        if stage.startswith("sparse_conv_"):
+            stage = "sparse_conv"
+            sparse_by_op[op] += ms
+        elif stage not in ("mask",):
+            stage = "network"
+        by_op[op] += ms
+        by_stage[stage] += ms
+    r = lambda d: {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+    return {"total_ms": round(sum(by_op.values()), 3), "by_stage_ms": r(by_stage), "by_op_ms": r(by_op),
+            "sparse_conv_by_op_ms": r(sparse_by_op)}
+
+
+class _Ort:
+    """The exported graphs of one benchmark in onnxruntime sessions."""
+
+    def __init__(self, paths: dict[str, Path], threads: int) -> None:
+        import onnx
+        import onnx_graphsurgeon as gs
+
+        from amsr.export.passes import extract_mask_subgraph, mask_as_input
+        from amsr.runtime.onnxrt import import_onnxruntime
+
+        self.ort = import_onnxruntime()
+        self.threads = threads
+        self.paths = paths
+        self.sessions = {k: self._session(p.read_bytes()) for k, p in paths.items()}
+        amsr_graph = onnx.load(str(paths["amsr"]))
+        g = gs.import_onnx(amsr_graph)
+        self.mask_bytes = gs.export_onnx(extract_mask_subgraph(g)).SerializeToString()
+        self.sessions["mask"] = self._session(self.mask_bytes)
+        if "tile" in paths:
+            g = gs.import_onnx(onnx.load(str(paths["tile"])))
+            self.masked_tile_bytes = gs.export_onnx(mask_as_input(g)).SerializeToString()
+            self.sessions["tile_masked"] = self._session(self.masked_tile_bytes)
+
+    def _session(self, model: bytes, profile_prefix: str | None = None) -> Any:
+        o = self.ort.SessionOptions()
+        o.intra_op_num_threads = self.threads
+        o.inter_op_num_threads = 1
+        if profile_prefix:
+            o.enable_profiling = True
+            o.profile_file_prefix = profile_prefix
+        return self.ort.InferenceSession(model, sess_options=o, providers=["CPUExecutionProvider"])
+
+    def run(self, key: str, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        feeds = {"lr": x} if mask is None else {"lr": x, "mask": mask}
+        return self.sessions[key].run(None, feeds)[0]
+
+    def profile(self, key: str, model: bytes, images: list[np.ndarray], workdir: Path,
+                masks: list[np.ndarray] | None = None) -> dict[str, Any]:
+        s = self._session(model, str(workdir / f"ort_profile_{key}"))
+        for i, x in enumerate(images):
+            s.run(None, {"lr": x} if masks is None else {"lr": x, "mask": masks[i]})
+        path = s.end_profiling()
+        try:
+            return summarise_profile(path, len(images))
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+
+def export_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int, cache: Path,
+                    v: Variants) -> dict[str, Path]:
+    """Export (or reuse from ``cache``) the dense and accelerated graphs of this benchmark."""
+    from amsr.export.onnx_export import export_onnx
+
+    cache.mkdir(parents=True, exist_ok=True)
+    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}"
+    paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense.onnx",
+             "amsr": cache / (f"{tag}_pixel.onnx" if strategy == "pixel" else f"{tag}_tile{tile}.onnx")}
+    if strategy != "pixel":
+        paths["tile"] = paths["amsr"]
+    for key, mod in (("dense", v.dense), ("amsr", v.amsr)):
+        if not paths[key].is_file():
+            log.info("exporting %s to %s", key, paths[key])
+            export_onnx(mod, paths[key])
+    return paths
+
+
+def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", threads: int = 2,
+              config: MaskConfig | None = None, strategy: str = "auto", tile: int = DEFAULT_TILE,
+              warmup: int = 1, repeats: int = 5, limit: int | None = None, cache: Path | None = None,
+              profile: bool = True, break_even: float | None = None,
+              workdir: Path | None = None) -> dict[str, Any]:
+    """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report."""
+    if strategy not in STRATEGIES:
+        raise AmsrError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if backend not in ("onnxruntime", "pytorch"):
+        raise AmsrError(f"unknown backend {backend!r} (onnxruntime or pytorch)")
+    config = config or MaskConfig()
+    be = break_even if break_even is not None else BREAK_EVEN.get(model.arch.id, DEFAULT_BREAK_EVEN)
+    paths_img = bench_images(Path(data))[: limit or None]
+    xs = [to_tensor(read_rgb8(p)) for p in paths_img]
+    torch.set_num_threads(threads)
+    v = build_variants(model, config, strategy, tile)
+
+    # Masks, choice and effective GMACs from PyTorch (the exported graphs compute the same masks).
+    rows: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for p, x in zip(paths_img, xs):
+            m = v.mask(x)
+            f_tile = active_tile_fraction(m, tile)
+            _, dense_macs = run_counting_macs(v.dense, x)
+            use_dense = strategy == "auto" and f_tile > be
+            amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
+            rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
+                         "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
+                         "path": "dense" if use_dense else ("pixel" if strategy == "pixel" else "tile"),
+                         "dense_gmacs": dense_macs / 1e9, "amsr_gmacs": amsr_macs / 1e9, "_mask": m})
+
+    times: dict[str, list[list[float]]] = {k: [[] for _ in xs] for k in ("dense", "mask", "amsr")}
+    prof: dict[str, Any] = {}
+    if backend == "onnxruntime":
+        cache = cache or Path.home() / ".cache" / "amsr" / "bench"
+        ort = _Ort(export_variants(model, config, strategy, tile, cache, v), threads)
+        arrays = [x.numpy() for x in xs]
+
+        def amsr_call(i: int) -> Callable[[], Any]:
+            if strategy != "auto":
+                return lambda: ort.run("amsr", arrays[i])
+            if rows[i]["path"] == "dense":  # mask stage, then the dense graph
+                return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))
+            return lambda: ort.run("tile_masked", arrays[i], ort.run("mask", arrays[i]))
+
+        calls = {"dense": lambda i: (lambda: ort.run("dense", arrays[i])),
+                 "mask": lambda i: (lambda: ort.run("mask", arrays[i])), "amsr": amsr_call}
+    else:
+        def torch_call(mod: torch.nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+            def f() -> Any:
+                with torch.no_grad():
+                    return mod(x)
+            return f
+
+        def amsr_torch(i: int) -> Callable[[], Any]:
+            if strategy == "auto" and rows[i]["path"] == "dense":
+                return lambda: (torch_call(v.mask, xs[i])(), torch_call(v.dense, xs[i])())
+            return torch_call(v.amsr, xs[i])
+
+        calls = {"dense": lambda i: torch_call(v.dense, xs[i]), "mask": lambda i: torch_call(v.mask, xs[i]),
+                 "amsr": amsr_torch}
+
+    fns = {k: [calls[k](i) for i in range(len(xs))] for k in calls}
+    for _ in range(warmup):
+        for i in range(len(xs)):
+            for k in ("dense", "mask", "amsr"):
+                fns[k][i]()
+    for _ in range(repeats):
+        for i in range(len(xs)):
+            for k in ("dense", "mask", "amsr"):
+                times[k][i].append(_timed(fns[k][i]))
+
+    if backend == "onnxruntime" and profile:
+        wd = workdir or cache
+        prof["dense"] = ort.profile("dense", ort.paths["dense"].read_bytes(), arrays, wd)
+        prof["amsr"] = ort.profile("amsr", ort.paths["amsr"].read_bytes(), arrays, wd)
+
+    for i, r in enumerate(rows):
+        del r["_mask"]
+        for k in ("dense", "mask", "amsr"):
+            r[f"{k}_ms"] = round(_median_ms(times[k][i]), 3)
+        r["ratio"] = round(r["amsr_ms"] / r["dense_ms"], 4)
+        r["gmacs_ratio"] = round(r["amsr_gmacs"] / r["dense_gmacs"], 4)
+    dense_ms = sum(r["dense_ms"] for r in rows)
+    amsr_ms = sum(r["amsr_ms"] for r in rows)
+    mask_ms = sum(r["mask_ms"] for r in rows)
+    dg, ag = sum(r["dense_gmacs"] for r in rows), sum(r["amsr_gmacs"] for r in rows)
+    report: dict[str, Any] = {
+        "model": model.arch.id, "scale": model.scale, "backend": backend, "strategy": strategy,
+        "tile": tile if strategy != "pixel" else None,
+        "tile_impl": None if strategy == "pixel" else "v2: one Pad+Transpose per stage, scatter into the padded map", "break_even": be if strategy == "auto" else None,
+        "threads": threads, "images": len(rows), "data": str(data),
+        "mask_config": vars(config), "warmup": warmup, "repeats": repeats,
+        "dense_ms": round(dense_ms, 3), "amsr_ms": round(amsr_ms, 3), "mask_ms": round(mask_ms, 3),
+        "ratio": round(amsr_ms / dense_ms, 4), "gmacs_ratio": round(ag / dg, 4),
+        "mask_share_of_dense": round(mask_ms / dense_ms, 4),
+        "dense_gmacs": round(dg / len(rows), 4), "amsr_gmacs": round(ag / len(rows), 4),
+        "density": round(sum(r["density"] for r in rows) / len(rows), 4),
+        "tile_fraction": round(sum(r["tile_fraction"] for r in rows) / len(rows), 4),
+        "per_image": rows,
+    }
+    if prof:
+        report["profile"] = prof
+    return report

@@ -1,0 +1,67 @@
+"""``amsr-bench``: dense vs accelerated speed of a zoo model on the same images in the same run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from amsr.bench import STRATEGIES, run_bench
+from amsr.cli.common import (
+    add_mask_args,
+    add_model_args,
+    mask_config_from,
+    run_main,
+    write_json,
+)
+from amsr.models import load_model
+from amsr.sparse_tiles import DEFAULT_TILE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="amsr-bench", description=__doc__)
+    add_model_args(p)
+    add_mask_args(p)
+    p.add_argument("--data", required=True, type=Path, help="folder of LR images (or with an LR/ subfolder)")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "pytorch"))
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES,
+                   help="pixel gather, tile gather, or auto (tile or dense per image; default)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size in LR px (default {DEFAULT_TILE})")
+    p.add_argument("--break-even", type=float, default=None,
+                   help="auto: active-tile fraction above which the dense network runs (default: per model)")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median per image; default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--cache", type=Path, default=None, help="folder for exported graphs (default ~/.cache/amsr/bench)")
+    p.add_argument("--no-profile", action="store_true", help="skip the onnxruntime per-node profile")
+    p.add_argument("--json", type=Path, help="write the report here (atomically)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=mask_config_from(args),
+                  strategy=args.strategy, tile=args.tile, warmup=args.warmup, repeats=args.repeats,
+                  limit=args.limit, cache=args.cache, profile=not args.no_profile, break_even=args.break_even)
+    print(f"{r['model']} x{r['scale']} {r['backend']} {r['threads']} thr, strategy {r['strategy']}"
+          + ("" if r["tile"] is None else f" T={r['tile']}") + f", {r['images']} image(s)")
+    print(f"dense {r['dense_ms']:.1f} ms  amsr {r['amsr_ms']:.1f} ms  mask {r['mask_ms']:.1f} ms  "
+          f"ratio {r['ratio']:.3f}  gmacs_ratio {r['gmacs_ratio']:.3f}  mask/dense {r['mask_share_of_dense']:.3f}  "
+          f"density {r['density']:.3f}  tiles {r['tile_fraction']:.3f}")
+    for stage in ("dense", "amsr"):
+        if "profile" in r:
+            pr = r["profile"][stage]
+            print(f"  profile {stage}: {pr['total_ms']:.1f} ms/img by stage {pr['by_stage_ms']}")
+    if args.json:
+        write_json(args.json, r)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main("amsr-bench", _run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

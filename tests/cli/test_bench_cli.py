@@ -1,0 +1,53 @@
+"""amsr-bench writes its JSON contract (no timing assertions: speed is measured in benchmarks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from amsr.bench import summarise_profile
+from amsr.cli.bench import main
+from amsr.images import read_rgb8, save_png
+from tests.conftest import weight_file
+
+
+@pytest.mark.parametrize("strategy", ["tile", "auto"])
+def test_bench_writes_the_json_contract(strategy: str, tmp_path: Path, data_dir: Path, weights_dir: Path) -> None:
+    weights = weight_file(weights_dir, "carn_m.pth")
+    lr = tmp_path / "data" / "LR"
+    lr.mkdir(parents=True)
+    for i, name in enumerate(("img_001.png", "img_002.png")):
+        img = read_rgb8(data_dir / "Set5" / "x4" / "LR" / name)
+        save_png(lr / name, img[: 20 + i, : 23])
+    out = tmp_path / "bench.json"
+    rc = main(["--model", "carn_m", "--scale", "4", "--weights", str(weights), "--data", str(tmp_path / "data"),
+               "--backend", "pytorch", "--strategy", strategy, "--tile", "8", "--repeats", "1", "--warmup", "0",
+               "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    for key in ("dense_ms", "amsr_ms", "mask_ms", "ratio", "gmacs_ratio", "threads", "images"):
+        assert key in r, key
+    assert r["images"] == 2 and len(r["per_image"]) == 2 and r["threads"] == 2
+    assert r["ratio"] == pytest.approx(r["amsr_ms"] / r["dense_ms"], rel=1e-3)
+    for row in r["per_image"]:
+        assert {"image", "dense_ms", "amsr_ms", "mask_ms", "gmacs_ratio", "path", "tile_fraction"} <= set(row)
+        if row["path"] == "dense":
+            assert row["gmacs_ratio"] == 1.0
+
+
+def test_profile_summary_groups_stages(tmp_path: Path) -> None:
+    events = [
+        {"cat": "Node", "name": "mask/Conv_1_kernel_time", "dur": 2000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "sparse_conv_3/b1.b1.body.0/Gather_kernel_time", "dur": 4000,
+         "args": {"op_name": "Gather"}},
+        {"cat": "Node", "name": "node_Conv_7_kernel_time", "dur": 6000, "args": {"op_name": "Conv"}},
+        {"cat": "Session", "name": "model_run", "dur": 99999},
+    ]
+    p = tmp_path / "prof.json"
+    p.write_text(json.dumps(events))
+    s = summarise_profile(p, runs=2)
+    assert s["by_stage_ms"] == {"network": 3.0, "sparse_conv": 2.0, "mask": 1.0}
+    assert s["by_op_ms"] == {"Conv": 4.0, "Gather": 2.0}
+    assert s["sparse_conv_by_op_ms"] == {"Gather": 2.0}
