@@ -5,10 +5,12 @@
     mask = maxpool_{2d+1}(mask)         (dilation d widens the computed area; d = 0: none)
 
 Choices the paper leaves open, and why (numbers in README "Mask settings"):
-- Blur 5×5, σ = 1.5: wide enough that fine texture and edges both stand out against a smooth base; a 3×3
-  blur leaves most of a textured region below the threshold.
-- Channel mean: colour edges with equal luminance (red/green boundaries) still count; on 8-bit RGB it is
-  within noise of using Y alone.
+- Blur 5×5, σ = 1.5: measured against 3×3/σ 0.8 and 7×7/σ 2.5 (``scripts/mask_settings_study.py``, CARN-M
+  x4 Set5, blend d_net 4 / d_out 2): −0.108 dB at density 0.864, −0.118 at 0.850, −0.158 at 0.836. The
+  three lie on one quality/density curve — the blur is a minor knob next to dilation — so the middle one
+  (the setting of ../shared/FINDINGS.md) is kept.
+- Channel mean of |x − G(x)|: colour edges of equal luminance still count (a reasoned choice, not measured
+  against Y-only or max).
 - Replicate border in the blur: reflect would need the image to be ≥ 3 px, and a zero border would mark the
   whole frame as "high frequency".
 - 2-means: deterministic Lloyd iterations in 1-D, initialised at the minimum and maximum of the map. In 1-D

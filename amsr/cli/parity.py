@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, help="override the scale stored in the file")
     p.add_argument("--variant", default=None)
     p.add_argument("--weights", type=Path, help="checkpoint (default: as for amsr-eval)")
+    p.add_argument("--trt", type=Path, metavar="ENGINE",
+                   help="check this TensorRT engine (built from --onnx) instead of running --onnx in onnxruntime; "
+                        "tolerances follow the engine's precision (runtime/trt_parity.py)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
     p.add_argument("--psnr-tol", type=float, default=1e-3, help="max PSNR difference in dB (default 0.001)")
     p.add_argument("--providers", default=None, help="onnxruntime providers: 'auto' or a comma list (default CPU)")
@@ -61,6 +64,18 @@ def _reference(args: argparse.Namespace, meta: dict[str, str]):  # type: ignore[
     return model.accelerated(config, mode="dense")
 
 
+def _engine_parity(reference, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The engine against the PyTorch golden outputs on the LR/HR images of ``--data``."""
+    from amsr.evaluate import find_pairs
+    from amsr.images import read_rgb8, to_tensor
+    from amsr.runtime.trt_parity import compare_engine_with_torch
+
+    pairs = find_pairs(args.data)
+    return compare_engine_with_torch(reference, args.trt, [to_tensor(read_rgb8(p.lr)).numpy() for p in pairs],
+                                     names=[p.name for p in pairs], hr=[read_rgb8(p.hr) for p in pairs],
+                                     onnx_path=args.onnx)
+
+
 def _run(args: argparse.Namespace) -> int:
     from amsr.export.metadata import read_metadata
     from amsr.runtime.parity import check_parity_on_set
@@ -68,9 +83,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.onnx.is_file():
         raise AmsrError(f"{args.onnx}: no such file")
     reference = _reference(args, read_metadata(args.onnx))
-    providers = args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
-    result = check_parity_on_set(reference, args.onnx, args.data, atol=args.atol, psnr_tol=args.psnr_tol,
-                                 providers=providers)
+    if args.trt is not None:
+        result = _engine_parity(reference, args)
+    else:
+        providers = args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
+        result = check_parity_on_set(reference, args.onnx, args.data, atol=args.atol, psnr_tol=args.psnr_tol,
+                                     providers=providers)
     for row in result.rows:
         print(f"  {row.name}: max|Δ| {row.max_abs_diff:.2e}, mask mismatches {row.mask_mismatch_pixels}"
               + (f", ΔPSNR {row.psnr_diff:.2e} dB" if row.psnr_diff is not None else ""))

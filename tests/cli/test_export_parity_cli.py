@@ -110,3 +110,21 @@ def test_eval_with_onnxruntime_backend_matches_pytorch(weights_dir: Path, data_d
     assert ort["amsr"]["psnr_y"] == pytest.approx(ref["amsr"]["psnr_y"], abs=1e-3)
     assert ort["amsr"]["gmacs"] == pytest.approx(ref["amsr"]["gmacs"], rel=1e-9)
     assert ort["amsr"]["density"] == pytest.approx(ref["amsr"]["density"])
+
+
+def test_parity_engine_without_tensorrt_is_one_line(fsrcnn_x2: Path, data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    real_import = builtins.__import__
+
+    def no_tensorrt(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    engine = tmp_path / "fsrcnn.engine"
+    engine.write_bytes(b"engine")
+    rc = parity_main(["--onnx", str(fsrcnn_x2), "--trt", str(engine), "--data", str(_two_images(data_dir, tmp_path, 2))])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("amsr-parity: error:") and "Traceback" not in err
