@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from amsr.errors import CheckpointError
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import pad_input
-from amsr.zoo.swinir_arch import Mlp, relative_position_index, shifted_window_mask, window_partition, window_reverse
+from amsr.zoo.swinir_arch import (Mlp, relative_position_bias, relative_position_index, shifted_window_mask,
+                                   window_partition, window_reverse)
 
 # Normalisation constants of the official model (DIV2K statistics; std differs per scale).
 IMG_MEAN = (0.4485, 0.4375, 0.4045)
@@ -76,9 +77,7 @@ class CosineWindowAttention(nn.Module):
 
     def relative_position_bias(self) -> Tensor:
         """The ``(num_heads, ws², ws²)`` bias added to every window's logits."""
-        n = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)].reshape(n, n, -1)
-        return bias.permute(2, 0, 1)
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         bw, n, _ = x.shape

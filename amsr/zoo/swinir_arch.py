@@ -128,6 +128,12 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def relative_position_bias(table: Tensor, index: Tensor) -> Tensor:
+    """Look up a ``((2ws−1)², heads)`` bias table with a ``(ws², ws²)`` index: ``(heads, ws², ws²)``."""
+    n = index.shape[0]
+    return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside square windows, with a learned relative position bias.
 
@@ -153,9 +159,7 @@ class WindowAttention(nn.Module):
 
     def relative_position_bias(self) -> Tensor:
         """The ``(num_heads, ws², ws²)`` bias added to every window's attention logits."""
-        n = self.window_size * self.window_size
-        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)].reshape(n, n, -1)
-        return bias.permute(2, 0, 1)
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         bw, n, c = x.shape

@@ -24,6 +24,18 @@ def fsrcnn_x2(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+def _hide_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``import tensorrt`` fail as on a machine without it."""
+    real_import = builtins.__import__
+
+    def no_tensorrt(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+
+
 def _two_images(data_dir: Path, tmp_path: Path, scale: int) -> Path:
     d = tmp_path / "set"
     for sub in ("LR", "HR"):
@@ -72,14 +84,7 @@ def test_engine_without_tensorrt_keeps_the_onnx(weights_dir: Path, tmp_path: Pat
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     if not (weights_dir / "fsrcnn_y_x2.pth").is_file():
         pytest.skip("fsrcnn_y_x2.pth not in the shared weights")
-    real_import = builtins.__import__
-
-    def no_tensorrt(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if name == "tensorrt" or name.startswith("tensorrt."):
-            raise ImportError("No module named 'tensorrt'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    _hide_tensorrt(monkeypatch)
     out = tmp_path / "fsrcnn.engine"
     rc = export_main(["--model", "fsrcnn", "--scale", "2", "--dense", "--no-verify", "--out", str(out)])
     err = capsys.readouterr().err
@@ -115,14 +120,7 @@ def test_eval_with_onnxruntime_backend_matches_pytorch(weights_dir: Path, data_d
 def test_parity_engine_without_tensorrt_is_one_line(fsrcnn_x2: Path, data_dir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    real_import = builtins.__import__
-
-    def no_tensorrt(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if name == "tensorrt" or name.startswith("tensorrt."):
-            raise ImportError("No module named 'tensorrt'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    _hide_tensorrt(monkeypatch)
     engine = tmp_path / "fsrcnn.engine"
     engine.write_bytes(b"engine")
     rc = parity_main(["--onnx", str(fsrcnn_x2), "--trt", str(engine), "--data", str(_two_images(data_dir, tmp_path, 2))])
