@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from amsr.errors import UnsupportedModelError
 from amsr.sparse_conv import ExecutionMode, MaskContext
+from amsr.zoo.ngswin_arch import NSTB
 from amsr.zoo.swinir_arch import SwinTransformerBlock, window_partition
 
 
@@ -67,14 +68,42 @@ def select_windows(mask: Tensor, window_size: int, shift_size: int, threshold: f
     return per_window.to(torch.float64).mean(dim=-1) >= threshold
 
 
-def check_swin_block(block: nn.Module, name: str) -> SwinTransformerBlock:
-    """Return ``block`` if it is a ``SwinTransformerBlock`` (the interface the masked block relies on)."""
-    if not isinstance(block, SwinTransformerBlock):
-        raise UnsupportedModelError(f"{name}: expected a SwinTransformerBlock, found {type(block).__name__}")
+def check_swin_block(block: nn.Module, name: str) -> SwinTransformerBlock | NSTB:
+    """Return ``block`` if it is a Swin-style window block: SwinIR's ``SwinTransformerBlock`` or NGswin's
+    ``NSTB`` (the interfaces the masked block relies on)."""
+    if not isinstance(block, (SwinTransformerBlock, NSTB)):
+        raise UnsupportedModelError(f"{name}: expected a SwinTransformerBlock or NSTB, found {type(block).__name__}")
     return block
 
 
-class MaskedSwinBlock(nn.Module):
+class MaskedWindowLayer(nn.Module):
+    """What every window-selecting layer shares (Swin blocks here, HiT-SRF blocks in ``amsr.sparse_hit``):
+    an execution ``mode`` and the window counts of its last call, read by ``AcceleratedSR`` and the tests.
+
+    Subclasses set ``last_selected`` (windows the mask selected, all images), ``last_total`` (windows) and
+    ``last_computed`` (windows actually computed: all of them on the dense reference path) in ``forward``,
+    and report their cost through ``effective_macs()`` (``amsr.cost``).
+    """
+
+    def __init__(self, context: MaskContext, threshold: float, mode: ExecutionMode) -> None:
+        super().__init__()
+        if not threshold >= 0:  # also refuses NaN
+            raise ValueError(f"window threshold must be ≥ 0, got {threshold}")
+        self.context = context
+        self.threshold = float(threshold)
+        self.mode: ExecutionMode = mode
+        self.last_selected: int = 0
+        self.last_total: int = 0
+        self.last_computed: int = 0
+
+    def effective_macs(self) -> int:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, mode={self.mode}"
+
+
+class MaskedSwinBlock(MaskedWindowLayer):
     """A pretrained Swin block computed only on the windows the mask selects; identity on the others.
 
     Holds the original block as ``block`` (same parameters, no copy) and has its forward signature:
@@ -89,16 +118,9 @@ class MaskedSwinBlock(nn.Module):
 
     def __init__(self, block: nn.Module, context: MaskContext, threshold: float = 0.5,
                  mode: ExecutionMode = "sparse", name: str = "block") -> None:
-        super().__init__()
-        if not threshold >= 0:  # also refuses NaN
-            raise ValueError(f"window threshold must be ≥ 0, got {threshold}")
+        super().__init__(context, threshold, mode)
         self.block = check_swin_block(block, name)
-        self.context = context
-        self.threshold = float(threshold)
-        self.mode: ExecutionMode = mode
-        self.last_selected: int = 0  # windows selected by the mask in the last call (all images)
-        self.last_total: int = 0  # windows in the last call
-        self.last_computed: int = 0  # windows actually computed (the dense reference computes all)
+        self.last_context_macs: int = 0
 
     def forward(self, x: Tensor, x_size: tuple[int, int]) -> Tensor:
         h, w = x_size
@@ -110,6 +132,9 @@ class MaskedSwinBlock(nn.Module):
         selected = select_windows(mask, self.block.window_size, self.block.shift_size, self.threshold)
         self.last_total = selected.numel()
         self.last_selected = int(selected.sum())
+        # NGswin's context is computed on the whole map whenever its block runs on some window.
+        ran = self.mode == "dense" or self.last_selected > 0
+        self.last_context_macs = x.shape[0] * self.context_macs(h, w) if ran else 0
         if self.mode == "dense":
             self.last_computed = self.last_total
             return self.forward_dense(x, x_size, selected)
@@ -143,24 +168,61 @@ class MaskedSwinBlock(nn.Module):
         if attn_mask is not None:
             attn_mask = attn_mask[w_idx]  # window k of each image uses mask[k]
         # The residuals are per token, so adding them in window order equals the block's roll-back-then-add.
-        t = t + blk.attn(blk.norm1(t), attn_mask)
-        t = t + blk.mlp(blk.norm2(t))
+        if isinstance(blk, NSTB):
+            t = self._nstb_windows(t, attn_mask, x, x_size, rows)
+        else:
+            t = t + blk.attn(blk.norm1(t), attn_mask)
+            t = t + blk.mlp(blk.norm2(t))
         out = flat.index_copy(0, rows, t.reshape(-1, c))
         return out.reshape(b, length, c)
+
+    def _nstb_windows(self, t: Tensor, attn_mask: Tensor | None, x: Tensor, x_size: tuple[int, int],
+                      rows: Tensor) -> Tensor:
+        """NGswin's block on gathered windows ``t`` (k × ws² × C; token rows ``rows`` of ``x``).
+
+        The N-gram context is one vector per unshifted window, computed from the whole map (it reads the
+        neighbouring windows' unigrams, and costs ~C MACs per pixel); each gathered token adds the context of
+        the unshifted window it sits in, as ``NGramWindowPartition`` does before its roll. Post-norm branches.
+        """
+        blk = self.block
+        assert isinstance(blk, NSTB)
+        h, w = x_size
+        b, length, c = x.shape
+        ws = blk.window_size
+        context = blk.ngram_window_partition.ngram_context(x.reshape(b, h, w, c))  # b × h/ws × w/ws × C
+        pos = rows % length
+        cell = (rows // length) * ((h // ws) * (w // ws)) + (pos // w // ws) * (w // ws) + (pos % w) // ws
+        t_in = t + context.reshape(-1, c)[cell].reshape(t.shape)
+        t = t + blk.norm1(blk.attn(t_in, attn_mask))
+        return t + blk.norm2(blk.ffn(t))
 
     def window_macs(self) -> int:
         """Multiply-accumulates of the block on one window: qkv + q·kᵀ + attn·v + proj + fc1 + fc2."""
         n = self.block.window_size ** 2
-        attn, mlp = self.block.attn, self.block.mlp
+        attn = self.block.attn
+        mlp = self.block.ffn if isinstance(self.block, NSTB) else self.block.mlp
         linear = sum(m.in_features * m.out_features for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2))
-        return n * linear + 2 * n * n * attn.dim
+        inner = attn.qkv.out_features // 3  # heads × head_dim (NGswin: 60 for dim 64)
+        return n * linear + 2 * n * n * inner
+
+    def context_macs(self, h: int, w: int) -> int:
+        """NGswin only: the N-gram context of one ``h×w`` map (unigram conv, 2 × n-gram attention, merge)."""
+        if not isinstance(self.block, NSTB):
+            return 0
+        ctx = self.block.ngram_window_partition.ngram_context
+        windows = (h // ctx.window_size) * (w // ctx.window_size)
+        attn, g = ctx.ngram_attn, ctx.ngram * ctx.ngram
+        unigram = ctx.unigram_embed.out_channels * ctx.unigram_embed.in_channels // ctx.unigram_embed.groups \
+            * ctx.window_size ** 2
+        gram = g * (attn.qkv.in_features * attn.qkv.out_features + attn.proj.in_features * attn.proj.out_features) \
+            + 2 * g * g * attn.num_heads * attn.head_dim
+        merge = ctx.merge.in_channels * ctx.merge.out_channels
+        return windows * (unigram + 2 * gram + merge)
 
     def effective_macs(self) -> int:
-        """Multiply-accumulates of the last call: the computed windows only (LayerNorm/GELU not counted).
+        """Multiply-accumulates of the last call: the computed windows only (LayerNorm/GELU not counted),
+        plus NGswin's N-gram context when it was computed (whole map, ≈ 1 % of the block).
 
         The dense reference computes every window and reports so, like ``MaskedConv2d``.
         """
-        return self.last_computed * self.window_macs()
-
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, mode={self.mode}"
+        return self.last_computed * self.window_macs() + self.last_context_macs

@@ -21,12 +21,14 @@ from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskConfig, MaskGenerator, dilate
 from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
 from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
-from amsr.sparse_window import MaskedSwinBlock
+from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SparseRules
+from amsr.zoo.ngswin_arch import NSTB
 from amsr.zoo.swinir_arch import SwinTransformerBlock
 
 
-def match_modules(net: nn.Module, patterns: Iterable[str], of_type: type[nn.Module] | None = None) -> list[str]:
+def match_modules(net: nn.Module, patterns: Iterable[str],
+                  of_type: type[nn.Module] | tuple[type[nn.Module], ...] | None = None) -> list[str]:
     """Qualified names of ``net``'s modules matching any ``fnmatch`` pattern; each pattern must match.
 
     ``fnmatch``'s ``*`` also matches dots, so ``layers.*.blocks.*`` names the blocks' children too; ``of_type``
@@ -37,7 +39,8 @@ def match_modules(net: nn.Module, patterns: Iterable[str], of_type: type[nn.Modu
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            what = "module" if of_type is None else of_type.__name__
+            kinds = of_type if isinstance(of_type, tuple) else (of_type,) if of_type else ()
+            what = " or ".join(k.__name__ for k in kinds) or "module"
             raise UnsupportedModelError(f"rule pattern {pattern!r} matches no {what} of {type(net).__name__}")
         selected += [h for h in hits if h not in selected]
     return selected
@@ -56,6 +59,13 @@ def find_identity_convs(net: nn.Module) -> list[str]:
             continue
         out.append(name)
     return out
+
+
+# Window blocks the method knows, and the masked layer that wraps each (same constructor signature).
+WINDOW_LAYERS: dict[type[nn.Module], type[MaskedWindowLayer]] = {
+    SwinTransformerBlock: MaskedSwinBlock,  # SwinIR, IMDTN
+    NSTB: MaskedSwinBlock,  # NGswin
+}
 
 
 def _replace(net: nn.Module, name: str, new: nn.Module) -> None:
@@ -125,12 +135,12 @@ class AcceleratedSR(nn.Module):
     def set_mode(self, mode: ExecutionMode) -> None:
         """Switch every masked layer between the sparse inference path and the dense reference path."""
         for m in self.modules():
-            if isinstance(m, (MaskedConv2d, MaskedSwinBlock)):
+            if isinstance(m, (MaskedConv2d, MaskedWindowLayer)):
                 m.mode = mode
 
     def window_fraction(self) -> float | None:
         """Selected / all windows over every masked Swin block in the last forward; ``None`` without any."""
-        blocks = [m for m in self.modules() if isinstance(m, MaskedSwinBlock)]
+        blocks = [m for m in self.modules() if isinstance(m, MaskedWindowLayer)]
         total = sum(m.last_total for m in blocks)
         return sum(m.last_selected for m in blocks) / total if total else None
 
@@ -175,13 +185,14 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
     new: dict[str, nn.Module] = {
         name: MaskedConv2d(net.get_submodule(name), context, mode=mode, name=name)
         for name in (match_modules(net, conv_patterns) if conv_patterns else [])}
-    blocks = match_modules(net, window_patterns, SwinTransformerBlock) if window_patterns else []
+    blocks = match_modules(net, window_patterns, tuple(WINDOW_LAYERS)) if window_patterns else []
     inside = [n for n in new if any(n.startswith(b + ".") for b in blocks)]
     if inside:
-        raise UnsupportedModelError(f"conv rules name {len(inside)} layer(s) inside masked Swin blocks "
+        raise UnsupportedModelError(f"conv rules name {len(inside)} layer(s) inside masked window blocks "
                                     f"(e.g. {inside[0]}): a block is masked as a whole")
     for name in blocks:
-        new[name] = MaskedSwinBlock(net.get_submodule(name), context, config.window_threshold, mode=mode, name=name)
+        block = net.get_submodule(name)
+        new[name] = WINDOW_LAYERS[type(block)](block, context, config.window_threshold, mode=mode, name=name)
     tail_context = None
     if tail is not None and config.output_dilation is not None:
         tail_context = TailContext()

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amsr.errors import ExportError
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.sparse_conv import MaskContext, MaskedConv2d
-from amsr.sparse_window import MaskedSwinBlock
+from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
 from amsr.zoo.swinir_arch import (
@@ -282,8 +283,12 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
             new = ExportMaskGenerator(m, indices)
         elif isinstance(m, PaddedSR):
             new = PaddedForExport(m)
-        elif isinstance(m, MaskedSwinBlock):
+        elif isinstance(m, MaskedSwinBlock) and isinstance(m.block, SwinTransformerBlock):
             new = GatherScatterSwinBlock(m)
+        elif isinstance(m, MaskedWindowLayer):
+            inner = getattr(m, "block", m)
+            raise ExportError(f"ONNX export of window selection supports SwinIR blocks (swinir, imdtn), not "
+                              f"{type(inner).__name__}: export this model with --dense, or use the PyTorch path")
         elif isinstance(m, SwinTransformerBlock):
             new = ExportSwinBlock(m)
         if new is not None:

@@ -329,5 +329,5 @@ def test_conv_rules_inside_a_masked_block_are_refused() -> None:
     net = random_swinir(tiny("classical", 2))
     net.layers[0].residual_group.blocks[0].extra = nn.Conv2d(16, 16, 3, padding=1)  # type: ignore[union-attr]
     rules = SparseRules(convs=("*.extra",), windows=("layers.*.residual_group.blocks.*",))
-    with pytest.raises(UnsupportedModelError, match="inside masked Swin blocks"):
+    with pytest.raises(UnsupportedModelError, match="inside masked window blocks"):
         accelerate(net, rules)
