@@ -21,8 +21,10 @@ from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskConfig, MaskGenerator, dilate
 from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
 from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
+from amsr.sparse_hit import MaskedHiTBlock
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SparseRules
+from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock
 from amsr.zoo.ngswin_arch import NSTB
 from amsr.zoo.swinir_arch import SwinTransformerBlock
 
@@ -65,6 +67,7 @@ def find_identity_convs(net: nn.Module) -> list[str]:
 WINDOW_LAYERS: dict[type[nn.Module], type[MaskedWindowLayer]] = {
     SwinTransformerBlock: MaskedSwinBlock,  # SwinIR, IMDTN
     NSTB: MaskedSwinBlock,  # NGswin
+    HierarchicalTransformerBlock: MaskedHiTBlock,  # HiT-SRF
 }
 
 

@@ -222,6 +222,27 @@ class SpatialChannelCorrelation(nn.Module):
         biased = (self.position_bias() @ shared).view(heads, length, n, hd).permute(2, 0, 1, 3)
         return q @ gram + biased
 
+    def correlate_macs(self) -> int:
+        """Multiply-accumulates of ``correlate`` on one window, as implemented (``spatial_linear`` included).
+
+        Spatial half (heads × hd = C/2 channels, ``cells`` base cells, L tokens): ``spatial_linear`` (C/2·L),
+        Cᵀ·C per head (heads·hd²·cells), bias·C (C/2·L·cells), Q·(Cᵀ·C) (C/2·L·hd). Channel half: Qᵀ·V and the
+        product with Vᵀ, (C/2)²·L each.
+        """
+        (wh, ww), (bh, bw) = self.window_size, self.base_window
+        length, cells = wh * ww, bh * bw
+        half = self.dim // 2
+        hd = half // self.num_heads
+        spatial = half * length + self.num_heads * hd * hd * cells + half * length * cells + half * length * hd
+        return spatial + 2 * half * half * length
+
+    def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """The window matmuls of one call (``amsr.cost``; ``spatial_linear`` and the convs count themselves)."""
+        b, h, w = inputs[0].shape[:3]
+        (wh, ww) = self.window_size
+        windows = b * -(-h // wh) * -(-w // ww)
+        return windows * (self.correlate_macs() - self.dim // 2 * wh * ww)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1], x.shape[2]
         qv = self.qv(pad_to_windows(x, self.window_size))

@@ -94,3 +94,33 @@ def test_console_script_is_installed() -> None:
     assert r.returncode == 0 and "--dilation" in r.stdout
     r = subprocess.run([exe, "--model", "nope", "--scale", "4", "--data", "."], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def _real_crop_set(root: Path, data_dir: Path, scale: int, lr_box: tuple[int, int, int, int]) -> Path:
+    """One Set5 image cropped to ``lr_box`` (top, left, h, w in LR px), HR cropped to match."""
+    top, left, h, w = lr_box
+    src = data_dir / "Set5" / f"x{scale}"
+    for sub, k in (("LR", 1), ("HR", scale)):
+        (root / sub).mkdir(parents=True)
+        img = Image.open(src / sub / "img_003.png")
+        img.crop((left * k, top * k, (left + w) * k, (top + h) * k)).save(root / sub / "a.png")
+    return root
+
+
+@pytest.mark.parametrize(("model", "scale", "weights"), [("ngswin", 2, "ngswin_x2.pth"),
+                                                         ("hit_srf", 4, "hit_srf_x4.pth")])
+def test_eval_window_selection_transformers(tmp_path: Path, data_dir: Path, weights_dir: Path, model: str,
+                                            scale: int, weights: str) -> None:
+    """Window selection on the non-Swin transformer blocks: same JSON contract, fewer effective GMACs."""
+    if not (weights_dir / weights).is_file():
+        pytest.skip(f"{weights} not in the shared weights")
+    data = _real_crop_set(tmp_path / "d", data_dir, scale, (8, 8, 56, 60))
+    out = tmp_path / "r.json"
+    rc = main(["--model", model, "--scale", str(scale), "--data", str(data), "--window-threshold", "0.5",
+               "--json", str(out), "--no-progress"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == model and r["images"] == 1
+    assert 0 < r["amsr"]["windows"] < 1
+    assert r["amsr"]["gmacs"] < r["dense"]["gmacs"]
+    assert r["settings"]["window_threshold"] == 0.5
