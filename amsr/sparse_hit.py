@@ -76,7 +76,6 @@ from amsr.sparse_conv import ExecutionMode, MaskContext
 from amsr.sparse_window import MaskedWindowLayer
 from amsr.zoo.hit_srf_arch import (
     HierarchicalTransformerBlock,
-    SpatialChannelCorrelation,
     pad_to_windows,
 )
 

@@ -19,9 +19,14 @@ from torch import nn
 
 from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskConfig, MaskGenerator, dilate
-from amsr.sparse_conv import ExecutionMode, MaskContext, MaskedConv2d, check_maskable_conv
-from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
+from amsr.sparse_conv import (
+    ExecutionMode,
+    MaskContext,
+    MaskedConv2d,
+    check_maskable_conv,
+)
 from amsr.sparse_hit import MaskedHiTBlock
+from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SparseRules
 from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock

@@ -148,7 +148,7 @@ def test_real_ngswin_sparse_equals_dense_mode(weights_dir: Path, data_dir: Path)
     with torch.no_grad():
         ys, macs = run_counting_macs(sparse, x)
         yd, dense_macs = run_counting_macs(dense, x)
-        ref, ref_macs = run_counting_macs(model.dense(), x)
+        _, ref_macs = run_counting_macs(model.dense(), x)
     assert (ys - yd).abs().max() <= 1e-4
     fraction = unwrap_accelerated(sparse).window_fraction()
     assert fraction is not None and 0 < fraction < 1
