@@ -10,6 +10,10 @@ accelerated model itself (one forward per setting and image), so output and cost
 Calibration images: HR images of the user's kind of content, *never* the test sets. LR images are made with
 ``make_lr``: torch bicubic downscale with ``antialias=True`` (a = −0.75; close to, but not the same as,
 MATLAB's ``imresize``, which the benchmark LR images use), rounded to 8 bits like a stored PNG.
+
+Shipped defaults: ``amsr/zoo/operating_points.json`` holds, per model, scale and budget (0.05 and 0.1 dB),
+the setting ``scripts/calibrate_defaults.py`` chose on T91+BSD200 crops; ``default_operating_point`` reads
+it (``amsr-eval --operating-point default[:DB]``). Test-set numbers: ``results/quality/defaults.md``.
 """
 
 from __future__ import annotations
@@ -119,16 +123,26 @@ def load_calibration(folder: str | os.PathLike[str], scale: int, max_images: int
     return pairs
 
 
+# (d_net, d_out) of ``default_grid``. The output blend sets the quality (the kept fraction, d_out) and the
+# network mask the compute (d_net): d_net − d_out of 1–3 around each d_out of 1–4 (FINDINGS: a margin of ≥ 2
+# keeps the corrupted flat-region features away from kept pixels; 1 is cheaper), two wider safe settings
+# for small budgets at x2, and the paper's plain mask (d 1–2, no blend) for large budgets.
+DEFAULT_PAIRS: tuple[tuple[int, int | None], ...] = (
+    (1, None), (2, None),
+    (2, 1), (3, 1), (4, 1),
+    (3, 2), (4, 2), (5, 2),
+    (4, 3), (5, 3), (6, 3),
+    (5, 4), (6, 4), (7, 4),
+    (7, 5), (8, 6),
+)
+
+
 def default_grid(model: LoadedModel) -> list[MaskConfig]:
-    """A small grid: d_net 1–4 (and 6), d_out ∈ {none, 0, 1, 2} ≤ d_net; window thresholds for transformers."""
+    """The settings ``amsr-calibrate`` measures: ``DEFAULT_PAIRS`` (d_net 1–8, d_out none or 1–6 ≤ d_net),
+    at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
     thresholds = (0.25, 0.5) if model.arch.rules.windows else (0.5,)
-    out = []
-    for thr in thresholds:
-        for d in (1, 2, 3, 4, 6):
-            for d_out in (None, 0, 1, 2):
-                if d_out is None or d_out <= d:
-                    out.append(MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr))
-    return out
+    return [MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr)
+            for thr in thresholds for d, d_out in DEFAULT_PAIRS]
 
 
 @torch.no_grad()
@@ -224,3 +238,82 @@ def load_operating_point(path: str | os.PathLike[str]) -> tuple[dict[str, object
         raise AmsrError(f"{path}: not an operating point (no 'config' entry)")
     cfg = d["config"]
     return d, None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shipped defaults: ``amsr/zoo/operating_points.json`` (written by scripts/calibrate_defaults.py)
+# ---------------------------------------------------------------------------------------------------------
+
+DEFAULT_OPERATING_POINTS = "operating_points.json"  # in the amsr.zoo package
+
+
+def budget_key(budget_db: float) -> str:
+    """The key of a budget in the shipped file: ``0.05`` → ``"0.05"``, ``0.1`` → ``"0.1"``."""
+    return f"{float(budget_db):g}"
+
+
+def shipped_defaults() -> dict[str, object]:
+    """The parsed ``amsr/zoo/operating_points.json``: ``{"models": {model: {scale: {budget: {"config": MaskConfig
+    fields or null, "calibration": {...}}}}}, ...}`` (scale and budget keys are strings).
+
+    Raises:
+        AmsrError: the file is missing from the installation or not valid JSON.
+    """
+    from importlib import resources
+
+    try:
+        text = resources.files("amsr.zoo").joinpath(DEFAULT_OPERATING_POINTS).read_text(encoding="utf-8")
+        doc = json.loads(text)
+    except (OSError, json.JSONDecodeError) as e:
+        raise AmsrError(f"the shipped default operating points (amsr/zoo/{DEFAULT_OPERATING_POINTS}) cannot be "
+                        f"read: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        raise AmsrError(f"amsr/zoo/{DEFAULT_OPERATING_POINTS}: no 'models' entry")
+    return doc
+
+
+def calibrated_defaults() -> list[tuple[str, int]]:
+    """(model, scale) of every shipped default, in file order."""
+    models = shipped_defaults()["models"]
+    return [(m, int(s)) for m, scales in models.items() for s in scales]  # type: ignore[union-attr]
+
+
+def default_operating_point_entry(model_id: str, scale: int, budget_db: float = 0.05) -> tuple[float, dict[str, object]]:
+    """The shipped entry used for ``budget_db``: the largest calibrated budget ≤ ``budget_db`` (so the chosen
+    setting stayed within the requested budget on the calibration images), and its ``{"config", "calibration"}``.
+
+    Raises:
+        AmsrError: a bad budget, no default for this model and scale (the message lists those shipped), or a
+            budget below the smallest one calibrated.
+    """
+    check_budget(budget_db)
+    models = shipped_defaults()["models"]
+    scales = models.get(model_id, {})  # type: ignore[union-attr]
+    budgets = scales.get(str(scale)) if isinstance(scales, dict) else None
+    if not budgets:
+        have = ", ".join(f"{m} x{'/x'.join(sorted(s, key=int))}" for m, s in models.items())  # type: ignore[union-attr]
+        raise AmsrError(f"no default operating point for {model_id} x{scale} (calibrated: {have}); run "
+                        "amsr-calibrate on your own images, or amsr-eval --quality-budget DB")
+    fitting = sorted((float(k), k) for k in budgets if float(k) <= budget_db + 1e-12)
+    if not fitting:
+        raise AmsrError(f"no default operating point for {model_id} x{scale} within {budget_db} dB (calibrated "
+                        f"budgets: {', '.join(sorted(budgets, key=float))} dB); run amsr-calibrate")
+    b, key = fitting[-1]
+    entry = budgets[key]
+    if not isinstance(entry, dict) or "config" not in entry:
+        raise AmsrError(f"amsr/zoo/{DEFAULT_OPERATING_POINTS}: {model_id} x{scale} {key} dB has no 'config'")
+    return b, entry
+
+
+def default_operating_point(model_id: str, scale: int, budget_db: float = 0.05) -> MaskConfig | None:
+    """The shipped default mask settings of ``model_id`` at ``scale`` for a quality budget (dB of mean Y-PSNR
+    loss on the calibration images, T91+BSD200): the entry of the largest calibrated budget ≤ ``budget_db``
+    (0.05 and 0.1 are shipped). ``None``: no setting within that budget saves compute — run the dense model.
+
+    Raises:
+        AmsrError: no default for this model and scale (e.g. a model not calibrated yet; the message lists
+            the calibrated ones), or ``budget_db`` below every calibrated budget.
+    """
+    _, entry = default_operating_point_entry(model_id, scale, budget_db)
+    cfg = entry["config"]
+    return None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]

@@ -5,19 +5,34 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from amsr import paths
-from amsr.cli.calibrate import add_calibration_args, calibrate, parse_budget
-from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main, write_json
+from amsr.cli.calibrate import (
+    DEFAULT_BUDGET_DB,
+    add_calibration_args,
+    calibrate,
+    parse_budget,
+)
+from amsr.cli.common import (
+    add_mask_args,
+    add_model_args,
+    mask_config_from,
+    run_main,
+    write_json,
+)
 from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
 from amsr.models import load_model, unwrap_accelerated
-from amsr.operating_point import load_operating_point
+from amsr.operating_point import (
+    config_from_json,
+    default_operating_point_entry,
+    load_operating_point,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quality-budget", metavar="DB",
                    help="calibrate first (on --calibration, never on --data) and use the most compute-saving "
                         "setting whose mean Y-PSNR loss there is ≤ DB")
-    x.add_argument("--operating-point", metavar="FILE", type=Path, help="mask settings from amsr-calibrate --json")
+    x.add_argument("--operating-point", metavar="FILE|default[:DB]",
+                   help="mask settings from amsr-calibrate --json FILE, or 'default' / 'default:DB': the shipped "
+                        "default of --model at --scale (calibrated on T91+BSD200) for a budget of DB dB mean "
+                        "Y-PSNR loss (default 0.05; the largest shipped budget ≤ DB is used: 0.05 or 0.1). A "
+                        "file named 'default' is ./default")
     op.add_argument("--calibration", metavar="DIR", type=Path,
                     help="HR calibration images for --quality-budget (default $AMSR_DATA_DIR/train)")
     add_calibration_args(op)
@@ -92,6 +111,11 @@ class _OrtScored(torch.nn.Module):
         return torch.from_numpy(self.ort(x.numpy()))
 
 
+def _is_default(value: str) -> bool:
+    """``default`` or ``default:DB`` (a file of that name is given as ``./default``)."""
+    return value == "default" or value.startswith("default:")
+
+
 def _run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.data)
     if args.backend == "onnxruntime":
@@ -110,15 +134,26 @@ def _run(args: argparse.Namespace) -> int:
         if op.config is None:
             raise AmsrError(f"no mask setting stays within {budget} dB on the calibration images: use the dense model")
         config = op.config
+    elif args.operating_point is not None and _is_default(args.operating_point):
+        _, _, b = args.operating_point.partition(":")
+        budget = parse_budget(b) if b else DEFAULT_BUDGET_DB
+        used, entry = default_operating_point_entry(args.model, args.scale, budget)
+        if entry["config"] is None:
+            raise AmsrError(f"the default operating point of {args.model} x{args.scale} for {used} dB is the dense "
+                            "model (no setting within that budget saved compute on the calibration images)")
+        config = config_from_json(entry["config"])  # type: ignore[arg-type]
+        extra = {"operating_point": {"source": "shipped default", "requested_budget_db": budget,
+                                     "budget_db": used, "calibration": entry.get("calibration")}}
     elif args.operating_point is not None:
-        doc, cfg = load_operating_point(args.operating_point)
+        path = Path(args.operating_point)
+        doc, cfg = load_operating_point(path)
         if doc.get("model") not in (None, args.model) or doc.get("scale") not in (None, args.scale):
-            raise AmsrError(f"{args.operating_point}: operating point of {doc.get('model')} x{doc.get('scale')}, "
+            raise AmsrError(f"{path}: operating point of {doc.get('model')} x{doc.get('scale')}, "
                             f"not {args.model} x{args.scale}")
         if cfg is None:
-            raise AmsrError(f"{args.operating_point}: no setting fitted its budget (dense model)")
+            raise AmsrError(f"{path}: no setting fitted its budget (dense model)")
         config = cfg
-        extra = {"operating_point": str(args.operating_point)}
+        extra = {"operating_point": str(path)}
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     acc = model.accelerated(config)
     inner = unwrap_accelerated(acc)

@@ -1,0 +1,179 @@
+"""Shipped default operating points: the package file, ``default_operating_point`` and
+``amsr-eval --operating-point default[:DB]`` (with a tiny stand-in network, so it runs in a second)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from amsr import operating_point as op_mod
+from amsr.cli import eval as eval_cli
+from amsr.errors import AmsrError
+from amsr.mask import MaskConfig
+from amsr.models import LoadedModel
+from amsr.operating_point import (
+    budget_key,
+    calibrated_defaults,
+    default_operating_point,
+    shipped_defaults,
+)
+from amsr.zoo import architecture_names, get_architecture
+from amsr.zoo.descriptor import Architecture, SparseRules
+
+# What scripts/calibrate_defaults.py ships (README "Quality"): CNNs at x2–x4, IMDTN at x4.
+EXPECTED = {("carn_m", 2), ("carn_m", 3), ("carn_m", 4), ("imdn", 2), ("imdn", 3), ("imdn", 4),
+            ("pan", 2), ("pan", 3), ("pan", 4), ("imdtn", 4), ("ngswin", 2), ("hit_srf", 4)}
+# Window skipping breaks these (README §2): nothing within 0.1 dB saves compute, the default is dense.
+DENSE_DEFAULTS = {("ngswin", 2), ("hit_srf", 4)}
+
+
+def test_shipped_file_is_complete_and_valid() -> None:
+    doc = shipped_defaults()
+    assert set(calibrated_defaults()) == EXPECTED
+    for model, scales in doc["models"].items():
+        assert model in architecture_names()
+        for scale, budgets in scales.items():
+            assert int(scale) in get_architecture(model).scales
+            assert set(budgets) == {"0.05", "0.1"}
+            for b, entry in budgets.items():
+                cal = entry["calibration"]
+                assert {"loss_db", "saved", "images", "crop", "source"} <= set(cal)
+                assert "T91" in cal["source"] and "Set5" not in cal["source"]
+                if entry["config"] is None:
+                    assert cal["loss_db"] is None
+                    continue
+                cfg = MaskConfig(**entry["config"])  # every field valid
+                assert cfg.output_dilation is not None  # the plain mask never fits these budgets
+                assert cal["loss_db"] <= float(b) and cal["saved"] > 0
+            # A larger budget never picks a setting that saves less.
+            lo, hi = budgets["0.05"]["calibration"]["saved"], budgets["0.1"]["calibration"]["saved"]
+            if (model, int(scale)) in DENSE_DEFAULTS:
+                assert lo is None and hi is None
+            else:
+                assert hi is not None and (lo is None or hi >= lo)
+
+
+def test_default_operating_point_reads_the_shipped_entry() -> None:
+    entry = shipped_defaults()["models"]["carn_m"]["4"]
+    for budget, key in ((0.05, "0.05"), (0.1, "0.1"), (0.07, "0.05"), (1.0, "0.1")):
+        cfg = entry[key]["config"]
+        assert default_operating_point("carn_m", 4, budget) == (None if cfg is None else MaskConfig(**cfg))
+    assert default_operating_point("pan", 2) == default_operating_point("pan", 2, 0.05)
+    assert budget_key(0.05) == "0.05" and budget_key(0.1) == "0.1"
+
+
+@pytest.mark.parametrize("model, scale, message", [
+    ("swinir", 4, "no default operating point for swinir x4"),  # transformer not calibrated yet
+    ("nope", 4, "no default operating point for nope x4"),
+    ("imdtn", 2, "no default operating point for imdtn x2"),
+])
+def test_no_default_is_a_clear_error(model: str, scale: int, message: str) -> None:
+    with pytest.raises(AmsrError, match=message) as e:
+        default_operating_point(model, scale)
+    assert "carn_m x2/x3/x4" in str(e.value) and "imdtn x4" in str(e.value)  # lists what is calibrated
+
+
+def test_budget_below_every_calibrated_one_and_bad_budgets() -> None:
+    with pytest.raises(AmsrError, match="within 0.01 dB"):
+        default_operating_point("carn_m", 4, 0.01)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(AmsrError, match="budget"):
+            default_operating_point("carn_m", 4, bad)
+
+
+def test_dense_entry_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = {"models": {"carn_m": {"4": {"0.05": {"config": None, "calibration": {}},
+                                       "0.1": {"config": {"dilation": 6, "output_dilation": 4}, "calibration": {}}}}}}
+    monkeypatch.setattr(op_mod, "shipped_defaults", lambda: doc)
+    assert default_operating_point("carn_m", 4) is None
+    assert default_operating_point("carn_m", 4, 0.1) == MaskConfig(dilation=6, output_dilation=4)
+
+
+# ----------------------------------------------------------------------------------------------- amsr-eval
+
+SCALE = 2
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Conv2d(3, 8, 3, 1, 1)
+        self.body = nn.Conv2d(8, 8, 3, 1, 1)
+        self.up = nn.Sequential(nn.Conv2d(8, 3 * SCALE * SCALE, 3, 1, 1), nn.PixelShuffle(SCALE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.head(x)
+        return self.up(f + self.body(f))
+
+
+def _tiny_loader(name: str, scale: int, **kw: object) -> LoadedModel:
+    arch = Architecture(id="tiny", description="test", scales=(SCALE,), weights=(), detect=lambda sd: False,
+                        build=lambda sd, s: _Tiny(), rules=SparseRules(convs=("body",)))
+    return LoadedModel(arch=arch, scale=SCALE, net=_Tiny().eval(), weights=Path("none"))
+
+
+def _mini_set(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    hr = np.full((48, 48, 3), 128, np.uint8)
+    hr[10:30, 12:36] = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    for sub, img in (("HR", hr), ("LR", hr[::SCALE, ::SCALE])):
+        (root / sub).mkdir(parents=True)
+        Image.fromarray(img).save(root / sub / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("value, key", [("default", "0.05"), ("default:0.1", "0.1"), ("default:0.07", "0.05")])
+def test_eval_with_the_default_operating_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str], value: str, key: str) -> None:
+    monkeypatch.setattr(eval_cli, "load_model", _tiny_loader)
+    entry = shipped_defaults()["models"]["carn_m"][str(SCALE)][key]
+    out = tmp_path / "r.json"
+    rc = eval_cli.main(["--model", "carn_m", "--scale", str(SCALE), "--data", str(_mini_set(tmp_path / "set")),
+                        "--operating-point", value, "--json", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    if entry["config"] is None:
+        assert rc == 1 and "dense model" in err
+        return
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert {k: r["settings"][k] for k in entry["config"]} == entry["config"]
+    assert r["settings"]["operating_point"]["source"] == "shipped default"
+    assert r["settings"]["operating_point"]["budget_db"] == float(key)
+
+
+@pytest.mark.parametrize("value, message", [("default:abc", "budget"), ("default:-1", "budget"),
+                                            ("default:0.01", "within 0.01 dB")])
+def test_eval_default_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str], value: str, message: str) -> None:
+    monkeypatch.setattr(eval_cli, "load_model", _tiny_loader)
+    rc = eval_cli.main(["--model", "carn_m", "--scale", str(SCALE), "--data", str(_mini_set(tmp_path / "set")),
+                        "--operating-point", value, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.startswith("amsr-eval: error:") and "\n" not in err and message in err
+
+
+def test_eval_no_default_for_an_uncalibrated_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = eval_cli.main(["--model", "swinir", "--scale", "4", "--data", str(_mini_set(tmp_path / "set")),
+                        "--operating-point", "default"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and "no default operating point for swinir x4" in err and "\n" not in err
+
+
+def test_eval_file_named_default_is_still_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(eval_cli, "load_model", _tiny_loader)
+    f = tmp_path / "default"
+    f.write_text(json.dumps({"model": "carn_m", "scale": SCALE, "config": {"dilation": 3, "output_dilation": 1}}))
+    out = tmp_path / "r.json"
+    rc = eval_cli.main(["--model", "carn_m", "--scale", str(SCALE), "--data", str(_mini_set(tmp_path / "set")),
+                        "--operating-point", str(f), "--json", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())
+    assert r["settings"]["dilation"] == 3 and r["settings"]["operating_point"] == str(f)
