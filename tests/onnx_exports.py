@@ -33,15 +33,7 @@ def carn_m_x4(weights: Path) -> LoadedModel:
 @functools.cache
 def exported(kind: str, weights: Path) -> Path:
     """``dense`` or ``accelerated`` (default mask settings) CARN-M x4, written by ``export_onnx`` (verified)."""
-    from amsr.export.onnx_export import export_onnx
-
-    model = carn_m_x4(weights)
-    out = _tmp_dir() / f"carn_m_x4_{kind}.onnx"
-    if kind == "dense":
-        return export_onnx(model.dense(), out)
-    if kind == "accelerated":
-        return export_onnx(model.accelerated(), out)
-    raise ValueError(kind)
+    return _export_zoo(carn_m_x4(weights), kind, None)
 
 
 # Transformer exports (tests/export/test_transformer_export.py, export/exportable's Swin twins).
@@ -90,12 +82,15 @@ def imdtn_x4(weights: Path) -> LoadedModel:
 @functools.cache
 def exported_imdtn(kind: str, weights: Path) -> Path:
     """``dense`` or ``accelerated`` (default mask settings) IMDTN x4, written by ``export_onnx`` (verified)."""
+    return _export_zoo(imdtn_x4(weights), kind, IMDTN_SAMPLE)
+
+
+def _export_zoo(model: LoadedModel, kind: str, sample_size: tuple[int, int] | None) -> Path:
+    """Export ``model``'s ``dense`` or ``accelerated`` (default mask settings) form into the session's folder."""
     from amsr.export.onnx_export import export_onnx
 
-    model = imdtn_x4(weights)
-    out = _tmp_dir() / f"imdtn_x4_{kind}.onnx"
-    if kind == "dense":
-        return export_onnx(model.dense(), out, sample_size=IMDTN_SAMPLE)
-    if kind == "accelerated":
-        return export_onnx(model.accelerated(), out, sample_size=IMDTN_SAMPLE)
-    raise ValueError(kind)
+    if kind not in ("dense", "accelerated"):
+        raise ValueError(kind)
+    net = model.dense() if kind == "dense" else model.accelerated()
+    out = _tmp_dir() / f"{model.arch.id}_x{model.scale}_{kind}.onnx"
+    return export_onnx(net, out) if sample_size is None else export_onnx(net, out, sample_size=sample_size)
