@@ -22,6 +22,7 @@ GMACs are counted in PyTorch from the realised mask (``amsr.cost``), the tile pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -40,6 +41,7 @@ from amsr.errors import AmsrError
 from amsr.images import list_images, read_rgb8, to_tensor
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel
+from amsr.sparse_conv import MaskedConv2d
 from amsr.sparse_tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,20 @@ class Variants:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def has_masked_convs(net: torch.nn.Module) -> bool:
+    """Whether ``net`` runs masked convs (CNNs); transformers select windows instead and have none."""
+    return any(isinstance(m, MaskedConv2d) for m in net.modules())
+
+
 def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int) -> Variants:
+    """Dense, accelerated and mask modules. Models without masked convs (window selection) run their
+    accelerated network as it is under every strategy but ``tile``, which has nothing to tile there."""
     acc = model.accelerated(config)
     gen = next(m for m in acc.modules() if isinstance(m, MaskGenerator))
-    if strategy == "pixel":
+    if strategy == "pixel" or not has_masked_convs(acc):
+        if strategy == "tile":
+            raise AmsrError(f"{model.arch.id} has no masked convs to run in tiles (it selects attention "
+                            "windows): use --strategy auto or pixel")
         return Variants(model.dense(), acc, gen)
     tiled = to_tiles(acc, tile)
     return Variants(model.dense(), tiled, gen, tile_net=tiled)
@@ -89,10 +101,39 @@ def _median_ms(samples: list[float]) -> float:
     return float(statistics.median(samples)) * 1e3
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> float:
+    """Wall-clock seconds of ``fn()``; ``sync`` waits for queued GPU work (before and after)."""
+    if sync:
+        sync()
     t0 = time.perf_counter()
     fn()
+    if sync:
+        sync()
     return time.perf_counter() - t0
+
+
+def check_device(device: str, backend: str) -> torch.device:
+    """The torch device of a benchmark; CUDA only for the PyTorch backend and only when PyTorch sees a GPU."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise AmsrError(f"unknown device {device!r} (cpu or cuda[:N])") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise AmsrError(f"unknown device {device!r} (cpu or cuda[:N])")
+    if dev.type == "cuda":
+        if backend != "pytorch":
+            raise AmsrError("--device cuda needs --backend pytorch (the onnxruntime bench runs the CPU provider)")
+        if not torch.cuda.is_available():
+            raise AmsrError("--device cuda: PyTorch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    return dev
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    import platform
+
+    return f"CPU {platform.machine()} ({platform.processor() or 'unknown'})"
 
 
 def summarise_profile(path: str | Path, runs: int) -> dict[str, Any]:
@@ -174,10 +215,12 @@ def export_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile:
     from amsr.export.onnx_export import export_onnx
 
     cache.mkdir(parents=True, exist_ok=True)
-    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}"
+    # Every mask setting is in the name: a graph exported under other settings is never reused.
+    settings = hashlib.sha1(json.dumps(vars(config), sort_keys=True).encode()).hexdigest()[:8]
+    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{settings}"
     paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense.onnx",
-             "amsr": cache / (f"{tag}_pixel.onnx" if strategy == "pixel" else f"{tag}_tile{tile}.onnx")}
-    if strategy != "pixel":
+             "amsr": cache / (f"{tag}_pixel.onnx" if v.tile_net is None else f"{tag}_tile{tile}.onnx")}
+    if v.tile_net is not None:
         paths["tile"] = paths["amsr"]
     for key, mod in (("dense", v.dense), ("amsr", v.amsr)):
         if not paths[key].is_file():
@@ -190,19 +233,29 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
               config: MaskConfig | None = None, strategy: str = "auto", tile: int = DEFAULT_TILE,
               warmup: int = 1, repeats: int = 5, limit: int | None = None, cache: Path | None = None,
               profile: bool = True, break_even: float | None = None,
-              workdir: Path | None = None) -> dict[str, Any]:
-    """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report."""
+              workdir: Path | None = None, device: str = "cpu",
+              operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report.
+
+    ``device`` (PyTorch backend): ``cpu`` or ``cuda``; on CUDA every timed call is bracketed by a device
+    synchronisation. ``operating_point``: where ``config`` came from, copied into the report.
+    """
     if strategy not in STRATEGIES:
         raise AmsrError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     if backend not in ("onnxruntime", "pytorch"):
         raise AmsrError(f"unknown backend {backend!r} (onnxruntime or pytorch)")
+    dev = check_device(device, backend)
     config = config or MaskConfig()
     be = break_even if break_even is not None else BREAK_EVEN.get(model.arch.id, DEFAULT_BREAK_EVEN)
     paths_img = bench_images(Path(data))[: limit or None]
-    xs = [to_tensor(read_rgb8(p)) for p in paths_img]
+    xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     torch.set_num_threads(threads)
     v = build_variants(model, config, strategy, tile)
+    for mod in (v.dense, v.amsr, v.mask):
+        mod.to(dev)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
 
+    path = "tile" if v.tile_net is not None else ("pixel" if has_masked_convs(v.amsr) else "windows")
     # Masks, choice and effective GMACs from PyTorch (the exported graphs compute the same masks).
     rows: list[dict[str, Any]] = []
     with torch.no_grad():
@@ -210,11 +263,11 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
             m = v.mask(x)
             f_tile = active_tile_fraction(m, tile)
             _, dense_macs = run_counting_macs(v.dense, x)
-            use_dense = strategy == "auto" and f_tile > be
+            use_dense = strategy == "auto" and v.tile_net is not None and f_tile > be
             amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
             rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
-                         "path": "dense" if use_dense else ("pixel" if strategy == "pixel" else "tile"),
+                         "path": "dense" if use_dense else path,
                          "dense_gmacs": dense_macs / 1e9, "amsr_gmacs": amsr_macs / 1e9, "_mask": m})
 
     times: dict[str, list[list[float]]] = {k: [[] for _ in xs] for k in ("dense", "mask", "amsr")}
@@ -222,10 +275,10 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     if backend == "onnxruntime":
         cache = cache or Path.home() / ".cache" / "amsr" / "bench"
         ort = _Ort(export_variants(model, config, strategy, tile, cache, v), threads)
-        arrays = [x.numpy() for x in xs]
+        arrays = [x.cpu().numpy() for x in xs]
 
         def amsr_call(i: int) -> Callable[[], Any]:
-            if strategy != "auto":
+            if strategy != "auto" or v.tile_net is None:
                 return lambda: ort.run("amsr", arrays[i])
             if rows[i]["path"] == "dense":  # mask stage, then the dense graph
                 return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))
@@ -256,7 +309,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     for _ in range(repeats):
         for i in range(len(xs)):
             for k in ("dense", "mask", "amsr"):
-                times[k][i].append(_timed(fns[k][i]))
+                times[k][i].append(_timed(fns[k][i], sync))
 
     if backend == "onnxruntime" and profile:
         wd = workdir or cache
@@ -275,10 +328,11 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     dg, ag = sum(r["dense_gmacs"] for r in rows), sum(r["amsr_gmacs"] for r in rows)
     report: dict[str, Any] = {
         "model": model.arch.id, "scale": model.scale, "backend": backend, "strategy": strategy,
-        "tile": tile if strategy != "pixel" else None,
-        "tile_impl": None if strategy == "pixel" else "v2: one Pad+Transpose per stage, scatter into the padded map", "break_even": be if strategy == "auto" else None,
-        "threads": threads, "images": len(rows), "data": str(data),
-        "mask_config": vars(config), "warmup": warmup, "repeats": repeats,
+        "tile": tile if v.tile_net is not None else None,
+        "tile_impl": None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
+        "break_even": be if strategy == "auto" and v.tile_net is not None else None, "path": path,
+        "threads": threads, "device": device_name(dev), "torch": torch.__version__,
+        "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point, "warmup": warmup, "repeats": repeats,
         "dense_ms": round(dense_ms, 3), "amsr_ms": round(amsr_ms, 3), "mask_ms": round(mask_ms, 3),
         "ratio": round(amsr_ms / dense_ms, 4), "gmacs_ratio": round(ag / dg, 4),
         "mask_share_of_dense": round(mask_ms / dense_ms, 4),

@@ -28,11 +28,15 @@ Choices the paper leaves open, and why (numbers in README "Mask settings"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from amsr.cuda_graphs import CudaGraphed, can_replay
 
 
 @dataclass(frozen=True)
@@ -123,25 +127,69 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(mask, kernel_size=2 * radius + 1, stride=1, padding=radius)
 
 
+# The Triton 2-means streams an image's values with one program (one SM), 50 times: on an H200 it took the
+# whole mask from 1.8 to 0.34 ms per Set14 image (~15–40 k LR pixels) but from 2.4 to 3.6 ms on a 481×321
+# image (154 k), where the CUDA-graph replay of the torch ops is faster (results/bench/gpu/README.md). Above
+# this many pixels per image the torch ops run (crossover estimated from those two sizes).
+TRITON_KMEANS_MAX_VALUES = 65536
+
+
 class MaskGenerator(nn.Module):
     """LR image (N×C×H×W, [0, 1]) → binary float mask N×1×H×W (1 = compute). Exportable to ONNX."""
 
-    def __init__(self, config: MaskConfig | None = None) -> None:
+    def __init__(self, config: MaskConfig | None = None, cuda_graphs: bool = True,
+                 triton_kmeans: bool = True) -> None:
         super().__init__()
         self.config = config or MaskConfig()
         self.register_buffer("kernel", gaussian_kernel(self.config.blur_size, self.config.blur_sigma),
                              persistent=False)
+        # On CUDA the mask's small kernels are replayed from one graph per input shape (same values; see
+        # amsr.cuda_graphs) and the 2-means runs as one Triton kernel when Triton is installed
+        # (amsr.mask_triton); either can be switched off. CPU and ONNX export always run the torch ops.
+        self.graphed = CudaGraphed(self.eager) if cuda_graphs else None
+        self.graphed_pairs: dict[int, CudaGraphed] = {}  # per output dilation (the blend's two masks)
+        self.cuda_graphs = cuda_graphs
+        self.triton_kmeans = triton_kmeans
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_dilation: int | None = None) -> Any:
+        """The network mask; with ``output_dilation`` (the output blend) the pair (network mask, output mask),
+        both from one 2-means (one module call, so an exported graph keeps both in the mask stage)."""
+        if output_dilation is not None:
+            if self.cuda_graphs and can_replay(x):
+                if output_dilation not in self.graphed_pairs:
+                    self.graphed_pairs[output_dilation] = CudaGraphed(partial(self.eager_pair, output_dilation))
+                return self.graphed_pairs[output_dilation](x)
+            return self.eager_pair(output_dilation, x)
+        if self.graphed is not None and can_replay(x):
+            return self.graphed(x)
+        return self.eager(x)
+
+    def eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask computed op by op (CPU, export, and the reference of the CUDA-graph replay)."""
         return dilate(self.base_mask(x), self.config.dilation)
+
+    def eager_pair(self, output_dilation: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask dilated by ``config.dilation``, mask dilated by ``output_dilation``), op by op."""
+        base = self.base_mask(x)
+        return dilate(base, self.config.dilation), dilate(base, output_dilation)
 
     def base_mask(self, x: torch.Tensor) -> torch.Tensor:
         """The 2-means mask before dilation (N×1×H×W, 0/1)."""
         hf = high_frequency_map(x, self.kernel)
         flat = hf.flatten(1)
-        thr = kmeans2_threshold(flat, self.config.kmeans_iters)
+        thr = self._threshold(flat)
         is_flat = (flat.amax(dim=1, keepdim=True) - flat.amin(dim=1, keepdim=True)) <= self.config.flat_eps
         return ((flat > thr) | is_flat).to(x.dtype).view_as(hf)
+
+    def _threshold(self, flat: torch.Tensor) -> torch.Tensor:
+        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+        if (self.triton_kmeans and flat.is_cuda and flat.dtype == torch.float32
+                and flat.shape[1] <= TRITON_KMEANS_MAX_VALUES and not tracing):
+            from amsr import mask_triton  # imported on a GPU only (importing Triton takes time)
+
+            if mask_triton.available():
+                return mask_triton.kmeans2_threshold_triton(flat, self.config.kmeans_iters)
+        return kmeans2_threshold(flat, self.config.kmeans_iters)
 
 
 def compute_mask(x: torch.Tensor, config: MaskConfig | None = None) -> torch.Tensor:

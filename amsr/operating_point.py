@@ -188,6 +188,19 @@ def pick(points: Sequence[GridPoint], budget_db: float) -> GridPoint | None:
     return min(ok, key=lambda p: (-round(p.saved, 6), p.loss_db))
 
 
+DEFAULT_BUDGET_DB = 0.05
+
+
+def parse_budget(s: str | float) -> float:
+    """A budget in dB from the command line (checked in the body, so that errors are one line)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise AmsrError(f"quality budget must be a number of dB, got {s!r}") from None
+    check_budget(v)
+    return v
+
+
 def check_budget(budget_db: float) -> None:
     if not (isinstance(budget_db, (int, float)) and np.isfinite(budget_db) and budget_db >= 0):
         raise AmsrError(f"quality budget must be a finite number of dB ≥ 0, got {budget_db!r}")
@@ -317,3 +330,34 @@ def default_operating_point(model_id: str, scale: int, budget_db: float = 0.05) 
     _, entry = default_operating_point_entry(model_id, scale, budget_db)
     cfg = entry["config"]
     return None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]
+
+
+def is_default_spec(spec: str) -> bool:
+    """``default`` or ``default:DB`` (a file of that name is given as ``./default``)."""
+    return spec == "default" or spec.startswith("default:")
+
+
+def resolve_operating_point(spec: str, model_id: str, scale: int) -> tuple[MaskConfig, dict[str, object]]:
+    """The mask settings a command line names with ``--operating-point FILE|default[:DB]``, and what a report
+    says of their source.
+
+    Raises:
+        AmsrError: a bad budget, no shipped default, an unreadable file or one of another model/scale, or an
+            operating point that is the dense model (nothing within the budget saved compute).
+    """
+    if is_default_spec(spec):
+        _, _, b = spec.partition(":")
+        budget = parse_budget(b) if b else DEFAULT_BUDGET_DB
+        used, entry = default_operating_point_entry(model_id, scale, budget)
+        if entry["config"] is None:
+            raise AmsrError(f"the default operating point of {model_id} x{scale} for {used} dB is the dense "
+                            "model (no setting within that budget saved compute on the calibration images)")
+        return config_from_json(entry["config"]), {  # type: ignore[arg-type]
+            "source": "shipped default", "requested_budget_db": budget, "budget_db": used,
+            "calibration": entry.get("calibration")}
+    doc, cfg = load_operating_point(spec)
+    if doc.get("model") not in (None, model_id) or doc.get("scale") not in (None, scale):
+        raise AmsrError(f"{spec}: operating point of {doc.get('model')} x{doc.get('scale')}, not {model_id} x{scale}")
+    if cfg is None:
+        raise AmsrError(f"{spec}: no setting fitted its budget (dense model)")
+    return cfg, {"source": str(spec)}

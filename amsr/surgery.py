@@ -120,6 +120,8 @@ class AcceleratedSR(nn.Module):
             self.last_output_mask = None
             if mask is None:
                 mask = self.mask_generator(x)
+        elif mask is None and output_mask is None:
+            mask, output_mask = self.mask_generator(x, output_dilation=d_out)
         elif mask is None or output_mask is None:
             base = self.mask_generator.base_mask(x)
             mask = dilate(base, self.config.dilation) if mask is None else mask

@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import nn
 from amsr.errors import ExportError
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.sparse_tail import TailMaskedConv
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
@@ -83,10 +85,18 @@ class ExportMaskGenerator(nn.Module):
     def config(self) -> MaskConfig:
         return self.generator.config
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_dilation: int | None = None) -> Any:
+        if output_dilation is not None:  # the output blend: (network mask, output mask)
+            masks = self.generator(x, output_dilation=output_dilation)
+            self.indices.of(masks[0])
+            return masks
         mask = self.generator(x)
         self.indices.of(mask)
         return mask
+
+    def base_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The undilated mask (the output blend dilates it twice; the sparse layers index the network mask)."""
+        return self.generator.base_mask(x)
 
 
 class GatherScatterConv2d(nn.Module):
@@ -291,6 +301,12 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
                               f"{type(inner).__name__}: export this model with --dense, or use the PyTorch path")
         elif isinstance(m, SwinTransformerBlock):
             new = ExportSwinBlock(m)
+        elif isinstance(m, TailMaskedConv):
+            # Dense in the graph: the output blend keeps only SR pixels whose receptive field the sparse tail
+            # computes exactly, so the exported output equals the PyTorch one (the sparse tail's per-pixel
+            # gathers at HR resolution are not exportable, and slower than the dense conv in every runtime
+            # measured: results/bench/gpu).
+            new = m.conv
         if new is not None:
             swapped[id(m)] = new
         return new

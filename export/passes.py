@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MASK_TENSOR = "mask"
+OUTPUT_MASK_TENSOR = "mask/output"  # the output blend's mask (LR size), when the model has one
 MASK_PREFIX = "mask/"
 SPARSE_PREFIX = "sparse_conv_"
 
@@ -180,11 +181,19 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
                 mask_out.append(t)
     if len(mask_out) > 1:  # shape values the exporter shares with later stages (Swin blocks read H, W)
         mask_out = [t for t in mask_out if t.dtype is not None and np.issubdtype(t.dtype, np.floating)]
+    output_mask = None
+    if len(mask_out) == 2:  # the output blend: the network mask is the one the sparse indices come from
+        net = [t for t in mask_out if _feeds_nonzero(t, inside)]
+        if len(net) == 1:
+            output_mask = next(t for t in mask_out if t is not net[0])
+            mask_out = net
     if len(mask_out) != 1:
         log.warning("mask generator has %d output tensors; not renaming them", len(mask_out))
         return
     if not any(t.name == MASK_TENSOR for t in graph.outputs):  # a mask-only graph already calls it so
         mask_out[0].name = MASK_TENSOR
+    if output_mask is not None:
+        output_mask.name = OUTPUT_MASK_TENSOR
     for node in mask_nodes:  # NonZero → Transpose: the P×3 pixel rows (n, i, j)
         if node.op == "NonZero":
             for c in node.outputs[0].outputs:
@@ -195,6 +204,16 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
         indices = {id(n.inputs[1]): n.inputs[1] for n in graph.nodes if n.op == op}
         if len(indices) == 1:
             next(iter(indices.values())).name = name
+
+
+def _feeds_nonzero(t: gs.Tensor, inside: set[int], depth: int = 4) -> bool:
+    """Whether ``t`` reaches a NonZero within ``depth`` nodes of the mask stage (``inside``: node ids)."""
+    frontier = [c for c in t.outputs if id(c) in inside]
+    for _ in range(depth):
+        if any(n.op == "NonZero" for n in frontier):
+            return True
+        frontier = [c for n in frontier for o in n.outputs for c in o.outputs if id(c) in inside]
+    return False
 
 
 def fold_and_cleanup(graph: gs.Graph) -> gs.Graph:

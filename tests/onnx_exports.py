@@ -36,6 +36,16 @@ def exported(kind: str, weights: Path) -> Path:
     return _export_zoo(carn_m_x4(weights), kind, None)
 
 
+@functools.cache
+def exported_blend(weights: Path) -> Path:
+    """CARN-M x4 at its shipped default operating point (network mask d_net, output blend d_out, sparse tail)."""
+    from amsr.export.onnx_export import export_onnx
+    from amsr.operating_point import default_operating_point
+
+    acc = carn_m_x4(weights).accelerated(default_operating_point("carn_m", 4))
+    return export_onnx(acc, _tmp_dir() / "carn_m_x4_default_blend.onnx")
+
+
 # Transformer exports (tests/export/test_transformer_export.py, export/exportable's Swin twins).
 
 SWINIR_SAMPLE = (32, 32)  # traced LR size of the SwinIR exports (a multiple of their 8×8 window)

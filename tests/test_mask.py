@@ -92,3 +92,34 @@ def test_dilation_never_shrinks_the_mask(data_dir: Path) -> None:
 def test_bad_config_is_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         MaskConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_mask_generator_copies_and_pickles_without_sharing_graphs() -> None:
+    """The CUDA-graph cache is per module: a deep copy replays its own generator (its own config), and a
+    pickled generator (graphs are not picklable) comes back with an empty cache and the same masks."""
+    import copy
+    import pickle
+
+    gen = MaskGenerator(MaskConfig(dilation=0))
+    dup = copy.deepcopy(gen)
+    assert dup.graphed is not None and dup.graphed.fn.__self__ is dup
+    dup.config = MaskConfig(dilation=2)
+    x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(dup(x), gen(x))
+    back = pickle.loads(pickle.dumps(gen))
+    assert back.graphed is not None and back.graphed.fn.__self__ is back and torch.equal(back(x), gen(x))
+
+
+def test_cpu_input_never_takes_the_graph_path() -> None:
+    from amsr.cuda_graphs import can_replay
+
+    assert not can_replay(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph replay needs an NVIDIA GPU (none here)")
+def test_cuda_graph_mask_equals_the_eager_mask_bit_for_bit(data_dir: Path) -> None:
+    gen = MaskGenerator(MaskConfig(dilation=1)).cuda()
+    for name in ("img_001.png", "img_002.png", "img_001.png"):  # the third call replays a captured graph
+        x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / name)).cuda()
+        with torch.no_grad():
+            assert torch.equal(gen(x), gen.eager(x))

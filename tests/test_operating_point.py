@@ -176,4 +176,4 @@ def test_eval_file_named_default_is_still_a_file(tmp_path: Path, monkeypatch: py
                         "--operating-point", str(f), "--json", str(out), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
-    assert r["settings"]["dilation"] == 3 and r["settings"]["operating_point"] == str(f)
+    assert r["settings"]["dilation"] == 3 and r["settings"]["operating_point"] == {"source": str(f)}

@@ -102,3 +102,16 @@ def test_masked_layer_without_mask_is_a_clear_error() -> None:
 def test_unmaskable_layers_are_refused(conv: nn.Module, why: str) -> None:
     with pytest.raises(UnsupportedModelError, match=why):
         check_maskable_conv(conv, "layer")
+
+
+def test_pixel_indices_are_shared_per_mask_and_follow_in_place_changes() -> None:
+    ctx = MaskContext()
+    m = torch.zeros(1, 1, 5, 6)
+    m[0, 0, 1, 2] = 1
+    first = ctx.pixel_indices(m)
+    assert ctx.pixel_indices(m) is first  # same mask: no second nonzero
+    m[0, 0, 3, 4] = 1  # written in place: the cached indices must not be reused
+    again = ctx.pixel_indices(m)
+    assert again is not first and [t.tolist() for t in again] == [[0, 0], [1, 3], [2, 4]]
+    other = m.clone()
+    assert ctx.pixel_indices(other) is not again

@@ -15,6 +15,7 @@ from amsr.cli.common import (
     write_json,
 )
 from amsr.models import load_model
+from amsr.operating_point import resolve_operating_point
 from amsr.sparse_tiles import DEFAULT_TILE
 
 
@@ -25,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="folder of LR images (or with an LR/ subfolder)")
     p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "pytorch"))
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    p.add_argument("--device", default="cpu",
+                   help="PyTorch backend: cpu (default) or cuda[:N] (timings synchronise the GPU)")
+    p.add_argument("--operating-point", metavar="FILE|default[:DB]",
+                   help="mask settings from amsr-calibrate --json FILE or the shipped default of --model at "
+                        "--scale for a budget of DB dB (as amsr-eval); replaces the mask options")
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="pixel gather, tile gather, or auto (tile or dense per image; default)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size in LR px (default {DEFAULT_TILE})")
@@ -41,11 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config, source = mask_config_from(args), None
+    if args.operating_point is not None:
+        config, source = resolve_operating_point(args.operating_point, args.model, args.scale)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
-    r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=mask_config_from(args),
+    r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=config,
+                  device=args.device, operating_point=source,
                   strategy=args.strategy, tile=args.tile, warmup=args.warmup, repeats=args.repeats,
                   limit=args.limit, cache=args.cache, profile=not args.no_profile, break_even=args.break_even)
-    print(f"{r['model']} x{r['scale']} {r['backend']} {r['threads']} thr, strategy {r['strategy']}"
+    print(f"{r['model']} x{r['scale']} {r['backend']} on {r['device']}, {r['threads']} thr, strategy {r['strategy']}"
           + ("" if r["tile"] is None else f" T={r['tile']}") + f", {r['images']} image(s)")
     print(f"dense {r['dense_ms']:.1f} ms  amsr {r['amsr_ms']:.1f} ms  mask {r['mask_ms']:.1f} ms  "
           f"ratio {r['ratio']:.3f}  gmacs_ratio {r['gmacs_ratio']:.3f}  mask/dense {r['mask_share_of_dense']:.3f}  "

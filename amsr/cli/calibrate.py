@@ -15,19 +15,8 @@ from pathlib import Path
 from amsr.cli.common import add_model_args, run_main, write_json
 from amsr.errors import AmsrError
 from amsr.models import load_model
-from amsr.operating_point import check_budget, choose_operating_point, load_calibration
+from amsr.operating_point import DEFAULT_BUDGET_DB, choose_operating_point, load_calibration, parse_budget
 
-DEFAULT_BUDGET_DB = 0.05
-
-
-def parse_budget(s: str | float) -> float:
-    """A budget in dB from the command line (checked in the body, so that errors are one line)."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise AmsrError(f"quality budget must be a number of dB, got {s!r}") from None
-    check_budget(v)
-    return v
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:

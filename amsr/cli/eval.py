@@ -12,12 +12,7 @@ import torch
 from tqdm import tqdm
 
 from amsr import paths
-from amsr.cli.calibrate import (
-    DEFAULT_BUDGET_DB,
-    add_calibration_args,
-    calibrate,
-    parse_budget,
-)
+from amsr.cli.calibrate import add_calibration_args, calibrate
 from amsr.cli.common import (
     add_mask_args,
     add_model_args,
@@ -28,11 +23,7 @@ from amsr.cli.common import (
 from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
 from amsr.models import load_model, unwrap_accelerated
-from amsr.operating_point import (
-    config_from_json,
-    default_operating_point_entry,
-    load_operating_point,
-)
+from amsr.operating_point import parse_budget, resolve_operating_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,11 +102,6 @@ class _OrtScored(torch.nn.Module):
         return torch.from_numpy(self.ort(x.numpy()))
 
 
-def _is_default(value: str) -> bool:
-    """``default`` or ``default:DB`` (a file of that name is given as ``./default``)."""
-    return value == "default" or value.startswith("default:")
-
-
 def _run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.data)
     if args.backend == "onnxruntime":
@@ -134,26 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         if op.config is None:
             raise AmsrError(f"no mask setting stays within {budget} dB on the calibration images: use the dense model")
         config = op.config
-    elif args.operating_point is not None and _is_default(args.operating_point):
-        _, _, b = args.operating_point.partition(":")
-        budget = parse_budget(b) if b else DEFAULT_BUDGET_DB
-        used, entry = default_operating_point_entry(args.model, args.scale, budget)
-        if entry["config"] is None:
-            raise AmsrError(f"the default operating point of {args.model} x{args.scale} for {used} dB is the dense "
-                            "model (no setting within that budget saved compute on the calibration images)")
-        config = config_from_json(entry["config"])  # type: ignore[arg-type]
-        extra = {"operating_point": {"source": "shipped default", "requested_budget_db": budget,
-                                     "budget_db": used, "calibration": entry.get("calibration")}}
     elif args.operating_point is not None:
-        path = Path(args.operating_point)
-        doc, cfg = load_operating_point(path)
-        if doc.get("model") not in (None, args.model) or doc.get("scale") not in (None, args.scale):
-            raise AmsrError(f"{path}: operating point of {doc.get('model')} x{doc.get('scale')}, "
-                            f"not {args.model} x{args.scale}")
-        if cfg is None:
-            raise AmsrError(f"{path}: no setting fitted its budget (dense model)")
-        config = cfg
-        extra = {"operating_point": str(path)}
+        config, source = resolve_operating_point(args.operating_point, args.model, args.scale)
+        extra = {"operating_point": source}
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     acc = model.accelerated(config)
     inner = unwrap_accelerated(acc)

@@ -51,3 +51,50 @@ def test_profile_summary_groups_stages(tmp_path: Path) -> None:
     assert s["by_stage_ms"] == {"network": 3.0, "sparse_conv": 2.0, "mask": 1.0}
     assert s["by_op_ms"] == {"Conv": 4.0, "Gather": 2.0}
     assert s["sparse_conv_by_op_ms"] == {"Gather": 2.0}
+
+
+def _small_lr_folder(tmp_path: Path, data_dir: Path) -> Path:
+    lr = tmp_path / "data" / "LR"
+    lr.mkdir(parents=True)
+    save_png(lr / "img_001.png", read_rgb8(data_dir / "Set5" / "x4" / "LR" / "img_001.png")[:24, :20])
+    return tmp_path / "data"
+
+
+def test_bench_runs_the_shipped_default_operating_point(tmp_path: Path, data_dir: Path, weights_dir: Path) -> None:
+    from amsr.operating_point import default_operating_point
+
+    weights = weight_file(weights_dir, "carn_m.pth")
+    out = tmp_path / "bench.json"
+    rc = main(["--model", "carn_m", "--scale", "4", "--weights", str(weights), "--data",
+               str(_small_lr_folder(tmp_path, data_dir)), "--backend", "pytorch", "--strategy", "pixel",
+               "--operating-point", "default", "--repeats", "1", "--warmup", "0", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    cfg = default_operating_point("carn_m", 4)
+    assert cfg is not None and r["mask_config"] == vars(cfg)
+    assert r["operating_point"]["source"] == "shipped default" and r["device"].startswith("CPU")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "cuda", "--backend", "onnxruntime"], "needs --backend pytorch"),
+    (["--device", "tpu", "--backend", "pytorch"], "unknown device"),
+    (["--operating-point", "default:0.01", "--backend", "pytorch"], "within 0.01 dB"),
+])
+def test_bench_refuses_bad_device_or_operating_point_in_one_line(extra: list[str], message: str, tmp_path: Path,
+                                                                  data_dir: Path, weights_dir: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    weights = weight_file(weights_dir, "carn_m.pth")
+    rc = main(["--model", "carn_m", "--scale", "4", "--weights", str(weights), "--data",
+               str(_small_lr_folder(tmp_path, data_dir)), *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and "Traceback" not in err
+
+
+def test_bench_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path,
+                                                   weights_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["--model", "carn_m", "--scale", "4", "--weights", str(weight_file(weights_dir, "carn_m.pth")),
+               "--data", str(_small_lr_folder(tmp_path, data_dir)), "--backend", "pytorch", "--device", "cuda"])
+    assert rc != 0 and "sees no CUDA GPU" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from amsr.sparse_conv import MaskedConv2d
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
 from tests.conftest import weight_file
-from tests.onnx_exports import carn_m_x4, exported
+from tests.onnx_exports import carn_m_x4, exported, exported_blend
 
 ODD_SIZES = [(2, 17, 23), (1, 32, 48), (1, 50, 37)]
 
@@ -118,6 +118,25 @@ def test_accelerated_matches_torch_and_masks_are_identical_at_odd_sizes(carn_wei
                                 _random_inputs(ODD_SIZES, seed=1))
     assert result.passed, result.summary()
     assert result.mask_mismatch_pixels == 0 and result.max_abs_diff <= 1e-4
+
+
+def test_default_operating_point_with_output_blend_exports_and_matches_torch(carn_weights: Path) -> None:
+    """The shipped default (output blend, sparse tail in PyTorch) exports: the tail is dense in the graph, which
+    leaves every kept SR pixel unchanged, and both masks come from one mask stage."""
+    from amsr.operating_point import default_operating_point
+
+    cfg = default_operating_point("carn_m", 4)
+    assert cfg is not None and cfg.output_dilation is not None
+    acc = carn_m_x4(carn_weights).accelerated(cfg)
+    path = exported_blend(carn_weights)
+    result = compare_with_torch(acc, path, _random_inputs(ODD_SIZES, seed=3))
+    assert result.passed, result.summary()
+    assert result.mask_mismatch_pixels == 0 and result.max_abs_diff <= 1e-4
+    model = onnx.load(path)
+    produced = {t for n in model.graph.node for t in n.output}
+    assert {"mask", "mask/output", "mask/pixels"} <= produced
+    mask_ops = collections.Counter(n.op_type for n in model.graph.node if n.name.startswith("mask/"))
+    assert mask_ops["MaxPool"] == 2 and mask_ops["NonZero"] == 1
 
 
 def test_mask_only_graph_gives_the_torch_mask(carn_weights: Path, data_dir: Path, tmp_path: Path) -> None:
