@@ -83,10 +83,11 @@ def has_masked_convs(net: torch.nn.Module) -> bool:
     return any(isinstance(m, MaskedConv2d) for m in net.modules())
 
 
-def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int) -> Variants:
+def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int,
+                   sparse_tail: bool = True) -> Variants:
     """Dense, accelerated and mask modules. Models without masked convs (window selection) run their
     accelerated network as it is under every strategy but ``tile``, which has nothing to tile there."""
-    acc = model.accelerated(config)
+    acc = model.accelerated(config, sparse_tail=sparse_tail)
     gen = next(m for m in acc.modules() if isinstance(m, MaskGenerator))
     if strategy == "pixel" or not has_masked_convs(acc):
         if strategy == "tile":
@@ -234,11 +235,13 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
               warmup: int = 1, repeats: int = 5, limit: int | None = None, cache: Path | None = None,
               profile: bool = True, break_even: float | None = None,
               workdir: Path | None = None, device: str = "cpu",
-              operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
+              operating_point: dict[str, Any] | None = None, sparse_tail: bool = True) -> dict[str, Any]:
     """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report.
 
     ``device`` (PyTorch backend): ``cpu`` or ``cuda``; on CUDA every timed call is bracketed by a device
-    synchronisation. ``operating_point``: where ``config`` came from, copied into the report.
+    synchronisation. ``operating_point``: where ``config`` came from, copied into the report. ``sparse_tail``:
+    with an output blend, run the tail convs sparsely (default) or densely (PyTorch backend; the exported
+    graph always computes the tail densely).
     """
     if strategy not in STRATEGIES:
         raise AmsrError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
@@ -246,11 +249,13 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         raise AmsrError(f"unknown backend {backend!r} (onnxruntime or pytorch)")
     dev = check_device(device, backend)
     config = config or MaskConfig()
+    # The exported graph computes the tail densely (export/exportable.py): count what it computes.
+    sparse_tail = sparse_tail and backend == "pytorch"
     be = break_even if break_even is not None else BREAK_EVEN.get(model.arch.id, DEFAULT_BREAK_EVEN)
     paths_img = bench_images(Path(data))[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     torch.set_num_threads(threads)
-    v = build_variants(model, config, strategy, tile)
+    v = build_variants(model, config, strategy, tile, sparse_tail=sparse_tail)
     for mod in (v.dense, v.amsr, v.mask):
         mod.to(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
@@ -332,7 +337,8 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         "tile_impl": None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
         "break_even": be if strategy == "auto" and v.tile_net is not None else None, "path": path,
         "threads": threads, "device": device_name(dev), "torch": torch.__version__,
-        "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point, "warmup": warmup, "repeats": repeats,
+        "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point,
+        "sparse_tail": sparse_tail and config.output_dilation is not None, "warmup": warmup, "repeats": repeats,
         "dense_ms": round(dense_ms, 3), "amsr_ms": round(amsr_ms, 3), "mask_ms": round(mask_ms, 3),
         "ratio": round(amsr_ms / dense_ms, 4), "gmacs_ratio": round(ag / dg, 4),
         "mask_share_of_dense": round(mask_ms / dense_ms, 4),

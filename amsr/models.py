@@ -37,10 +37,13 @@ class LoadedModel:
     def dense(self) -> nn.Module:
         return PaddedSR(self.net, self.scale, self.arch.size).eval()
 
-    def accelerated(self, config: MaskConfig | None = None, mode: ExecutionMode = "sparse") -> PaddedSR:
+    def accelerated(self, config: MaskConfig | None = None, mode: ExecutionMode = "sparse",
+                    sparse_tail: bool = True) -> PaddedSR:
         """The network with AMSR applied (a copy; ``self.net`` stays dense). With an output blend
-        (``config.output_dilation``), the tail convs listed in ``amsr.sparse_tail.TAIL_RULES`` run sparsely."""
-        tail = TAIL_RULES.get(self.arch.id)
+        (``config.output_dilation``), the tail convs listed in ``amsr.sparse_tail.TAIL_RULES`` run sparsely;
+        ``sparse_tail=False`` runs them densely (same output: the blend keeps only pixels the sparse tail
+        computes exactly; faster wherever measured, results/bench/gpu/README.md; counted in full)."""
+        tail = TAIL_RULES.get(self.arch.id) if sparse_tail else None
         acc = accelerate(self.net, self.arch.rules, config, mode=mode, tail=tail(self.scale) if tail else None)
         return PaddedSR(acc, self.scale, self.arch.size).eval()
 

@@ -182,11 +182,11 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
     if len(mask_out) > 1:  # shape values the exporter shares with later stages (Swin blocks read H, W)
         mask_out = [t for t in mask_out if t.dtype is not None and np.issubdtype(t.dtype, np.floating)]
     output_mask = None
-    if len(mask_out) == 2:  # the output blend: the network mask is the one the sparse indices come from
-        net = [t for t in mask_out if _feeds_nonzero(t, inside)]
-        if len(net) == 1:
-            output_mask = next(t for t in mask_out if t is not net[0])
-            mask_out = net
+    if len(mask_out) == 2:  # the output blend: (network mask, output mask); d_out ≤ d_net, so the network
+        # mask is the more dilated one (equal dilations give equal masks: either serves)
+        net = max(mask_out, key=_dilation_radius)
+        output_mask = next(t for t in mask_out if t is not net)
+        mask_out = [net]
     if len(mask_out) != 1:
         log.warning("mask generator has %d output tensors; not renaming them", len(mask_out))
         return
@@ -206,14 +206,12 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
             next(iter(indices.values())).name = name
 
 
-def _feeds_nonzero(t: gs.Tensor, inside: set[int], depth: int = 4) -> bool:
-    """Whether ``t`` reaches a NonZero within ``depth`` nodes of the mask stage (``inside``: node ids)."""
-    frontier = [c for c in t.outputs if id(c) in inside]
-    for _ in range(depth):
-        if any(n.op == "NonZero" for n in frontier):
-            return True
-        frontier = [c for n in frontier for o in n.outputs for c in o.outputs if id(c) in inside]
-    return False
+def _dilation_radius(t: gs.Tensor) -> int:
+    """The dilation radius of a mask tensor: a MaxPool producer's kernel // 2, else 0 (undilated)."""
+    producer = t.inputs[0] if t.inputs else None
+    if producer is None or producer.op != "MaxPool":
+        return 0
+    return int(producer.attrs.get("kernel_shape", [1])[0]) // 2
 
 
 def fold_and_cleanup(graph: gs.Graph) -> gs.Graph:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from amsr.cost import run_counting_macs
 from amsr.errors import UnsupportedModelError
+from amsr.images import read_rgb8, to_tensor
 from amsr.mask import MaskConfig
+from amsr.models import load_model
 from amsr.sparse_conv import MaskedConv2d
 from amsr.surgery import accelerate, find_identity_convs
 
@@ -88,3 +92,17 @@ class _Fixed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.acc(x, mask=self.mask)
+
+
+def test_dense_tail_gives_the_same_blended_output(weights_dir: Path, data_dir: Path) -> None:
+    """``accelerated(sparse_tail=False)``: the tail runs densely, the blend keeps the same pixels, so the output is
+    the sparse-tail output (what the ONNX export relies on)."""
+    from amsr.operating_point import default_operating_point
+
+    model = load_model("carn_m", 4, weights=weights_dir / "carn_m.pth")
+    cfg = default_operating_point("carn_m", 4)
+    x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / "img_002.png"))[..., :40, :36]
+    with torch.no_grad():
+        sparse = model.accelerated(cfg)(x)
+        dense = model.accelerated(cfg, sparse_tail=False)(x)
+    assert (sparse - dense).abs().max().item() <= 1e-5

@@ -10,12 +10,12 @@ from amsr.bench import STRATEGIES, run_bench
 from amsr.cli.common import (
     add_mask_args,
     add_model_args,
-    mask_config_from,
+    add_operating_point_arg,
+    config_and_source,
     run_main,
     write_json,
 )
 from amsr.models import load_model
-from amsr.operating_point import resolve_operating_point
 from amsr.sparse_tiles import DEFAULT_TILE
 
 
@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
     p.add_argument("--device", default="cpu",
                    help="PyTorch backend: cpu (default) or cuda[:N] (timings synchronise the GPU)")
-    p.add_argument("--operating-point", metavar="FILE|default[:DB]",
-                   help="mask settings from amsr-calibrate --json FILE or the shipped default of --model at "
-                        "--scale for a budget of DB dB (as amsr-eval); replaces the mask options")
+    p.add_argument("--dense-tail", action="store_true",
+                   help="PyTorch backend, output blend: compute the tail convs densely (same output; exported "
+                        "graphs always do)")
+    add_operating_point_arg(p)
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
                    help="pixel gather, tile gather, or auto (tile or dense per image; default)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size in LR px (default {DEFAULT_TILE})")
@@ -47,12 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config, source = mask_config_from(args), None
-    if args.operating_point is not None:
-        config, source = resolve_operating_point(args.operating_point, args.model, args.scale)
+    config, source = config_and_source(args)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=config,
-                  device=args.device, operating_point=source,
+                  device=args.device, operating_point=source, sparse_tail=not args.dense_tail,
                   strategy=args.strategy, tile=args.tile, warmup=args.warmup, repeats=args.repeats,
                   limit=args.limit, cache=args.cache, profile=not args.no_profile, break_even=args.break_even)
     print(f"{r['model']} x{r['scale']} {r['backend']} on {r['device']}, {r['threads']} thr, strategy {r['strategy']}"

@@ -47,6 +47,26 @@ def mask_config_from(args: argparse.Namespace) -> MaskConfig:
         raise AmsrError(str(e)) from None
 
 
+OPERATING_POINT_HELP = ("mask settings from amsr-calibrate --json FILE, or 'default' / 'default:DB': the shipped "
+                        "default of --model at --scale (calibrated on T91+BSD200) for a budget of DB dB mean Y-PSNR "
+                        "loss (default 0.05; the largest shipped budget ≤ DB is used: 0.05 or 0.1); replaces the "
+                        "mask options. A file named 'default' is ./default")
+
+
+def add_operating_point_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operating-point", metavar="FILE|default[:DB]", help=OPERATING_POINT_HELP)
+
+
+def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig, dict[str, object] | None]:
+    """The mask settings of a command line: ``--operating-point`` when given, else the mask options; and
+    where they came from (``None``: the mask options)."""
+    if getattr(args, "operating_point", None) is None:
+        return mask_config_from(args), None
+    from amsr.operating_point import resolve_operating_point
+
+    return resolve_operating_point(args.operating_point, args.model, args.scale)
+
+
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     save_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from amsr import paths
 from amsr.cli.calibrate import add_calibration_args, calibrate
 from amsr.cli.common import (
+    OPERATING_POINT_HELP,
     add_mask_args,
     add_model_args,
     mask_config_from,
@@ -40,11 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quality-budget", metavar="DB",
                    help="calibrate first (on --calibration, never on --data) and use the most compute-saving "
                         "setting whose mean Y-PSNR loss there is ≤ DB")
-    x.add_argument("--operating-point", metavar="FILE|default[:DB]",
-                   help="mask settings from amsr-calibrate --json FILE, or 'default' / 'default:DB': the shipped "
-                        "default of --model at --scale (calibrated on T91+BSD200) for a budget of DB dB mean "
-                        "Y-PSNR loss (default 0.05; the largest shipped budget ≤ DB is used: 0.05 or 0.1). A "
-                        "file named 'default' is ./default")
+    x.add_argument("--operating-point", metavar="FILE|default[:DB]", help=OPERATING_POINT_HELP)
     op.add_argument("--calibration", metavar="DIR", type=Path,
                     help="HR calibration images for --quality-budget (default $AMSR_DATA_DIR/train)")
     add_calibration_args(op)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main
+from amsr.cli.common import add_mask_args, add_model_args, add_operating_point_arg, config_and_source, run_main
 from amsr.models import load_model
 from amsr.weights import sha256_of
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-impl", choices=("gather_scatter", "plugin"), default="gather_scatter",
                    help="sparse stages as standard GatherND/ScatterND ops (default) or amsr::MaskedConv3x3 "
                         "TensorRT plugin nodes (see plugins/README.md)")
+    add_operating_point_arg(p)
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check after export")
     p.add_argument("--triton-repo", type=Path, help="also write a Triton model repository here")
     p.add_argument("--triton-name", help="model name in the Triton repository (default: output file stem)")
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     engine = args.out.suffix == ".engine"
     onnx_path = args.out.with_suffix(".onnx") if engine else args.out
-    config = mask_config_from(args)
+    config, _ = config_and_source(args)
     if args.mask_only:
         export_mask_only(model.accelerated(config), onnx_path, opset=args.opset)
     else:

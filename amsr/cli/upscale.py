@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from amsr import paths
-from amsr.cli.common import add_mask_args, add_model_args, mask_config_from, run_main
+from amsr.cli.common import (
+    add_mask_args,
+    add_model_args,
+    add_operating_point_arg,
+    config_and_source,
+    mask_config_from,
+    run_main,
+)
 from amsr.errors import AmsrError
 
 if TYPE_CHECKING:
@@ -35,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, metavar="FILE", help="an exported graph (amsr-export); or use --model")
     add_model_args(p, required=False)
     add_mask_args(p)
+    add_operating_point_arg(p)
     p.add_argument("--dense", action="store_true", help="with --model: the dense network instead of AMSR")
     g = p.add_argument_group("run")
     g.add_argument("--tile", type=int, default=512,
@@ -82,7 +90,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def _mask_args_changed(args: argparse.Namespace) -> bool:
     from amsr.mask import MaskConfig
 
-    return mask_config_from(args) != MaskConfig()
+    return args.operating_point is not None or mask_config_from(args) != MaskConfig()
 
 
 def _providers(spec: str) -> str | tuple[str, ...] | None:
@@ -102,7 +110,7 @@ def _onnx_path(args: argparse.Namespace) -> Path:
     from amsr.runtime.upscaler import export_cache_path, exported_model_path
 
     def entry(fn: Callable[..., Path]) -> Path:
-        return fn(args.model, args.scale, accelerated=not args.dense, mask=mask_config_from(args),
+        return fn(args.model, args.scale, accelerated=not args.dense, mask=config_and_source(args)[0],
                   variant=args.variant, weights=args.weights)
 
     if not entry(export_cache_path).is_file():

@@ -98,3 +98,17 @@ def test_bench_cuda_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPat
     rc = main(["--model", "carn_m", "--scale", "4", "--weights", str(weight_file(weights_dir, "carn_m.pth")),
                "--data", str(_small_lr_folder(tmp_path, data_dir)), "--backend", "pytorch", "--device", "cuda"])
     assert rc != 0 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+def test_dense_tail_is_reported_and_counted_in_full(tmp_path: Path, data_dir: Path, weights_dir: Path) -> None:
+    weights = weight_file(weights_dir, "carn_m.pth")
+    data = _small_lr_folder(tmp_path, data_dir)
+    reports = {}
+    for flag in ([], ["--dense-tail"]):
+        out = tmp_path / f"bench{len(flag)}.json"
+        assert main(["--model", "carn_m", "--scale", "4", "--weights", str(weights), "--data", str(data),
+                     "--backend", "pytorch", "--strategy", "pixel", "--operating-point", "default", "--repeats", "1",
+                     "--warmup", "0", "--json", str(out), *flag]) == 0
+        reports[bool(flag)] = json.loads(out.read_text())
+    assert reports[False]["sparse_tail"] is True and reports[True]["sparse_tail"] is False
+    assert reports[True]["gmacs_ratio"] > reports[False]["gmacs_ratio"]

@@ -126,3 +126,25 @@ def test_parity_engine_without_tensorrt_is_one_line(fsrcnn_x2: Path, data_dir: P
     rc = parity_main(["--onnx", str(fsrcnn_x2), "--trt", str(engine), "--data", str(_two_images(data_dir, tmp_path, 2))])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("amsr-parity: error:") and "Traceback" not in err
+
+
+def test_export_takes_the_shipped_default_operating_point(weights_dir: Path, tmp_path: Path) -> None:
+    """``--operating-point default`` exports the calibrated settings (output blend included) and records them."""
+    from amsr.export.metadata import read_metadata
+    from amsr.operating_point import default_operating_point
+
+    out = tmp_path / "carn_m_default.onnx"
+    assert export_main(["--model", "carn_m", "--scale", "4", "--weights", str(weights_dir / "carn_m.pth"),
+                        "--operating-point", "default", "--no-verify", "--out", str(out)]) == 0
+    cfg = default_operating_point("carn_m", 4)
+    assert cfg is not None and json.loads(read_metadata(out)["amsr.mask_config"]) == vars(cfg)
+
+
+def test_export_refuses_an_operating_point_of_another_model(weights_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    op = tmp_path / "op.json"
+    op.write_text(json.dumps({"model": "pan", "scale": 4, "config": {"dilation": 2}}))
+    rc = export_main(["--model", "carn_m", "--scale", "4", "--weights", str(weights_dir / "carn_m.pth"),
+                      "--operating-point", str(op), "--out", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "operating point of pan x4, not carn_m x4" in err and not (tmp_path / "x.onnx").exists()

@@ -259,3 +259,28 @@ def test_downgrade_to_opset17_keeps_values() -> None:
 def test_stage_naming_needs_exporter_metadata() -> None:
     with pytest.raises(ExportError, match="metadata"):
         name_mask_subgraph(gs.import_onnx(_opset18_fixture()), {})
+
+
+@pytest.mark.parametrize("d_net, d_out", [(4, 3), (2, 0), (3, 3)])
+def test_blend_masks_are_told_apart_by_their_dilation(d_net: int, d_out: int) -> None:
+    """The output blend's mask stage ends in two masks: the network mask (``mask``, the sparse stages index it,
+    whichever strategy) is the more dilated one; the other is ``mask/output``."""
+    from amsr.export.passes import _name_mask_tensors
+
+    x = gs.Variable("lr", np.float32, [1, 1, 8, 8])
+    base = gs.Variable("base", np.float32, [1, 1, 8, 8])
+    nodes = [gs.Node("Relu", "gen/base", inputs=[x], outputs=[base])]
+    outs = []
+    for d in (d_net, d_out):
+        if d == 0:
+            outs.append(base)
+            continue
+        t = gs.Variable(f"dil{d}_{len(nodes)}", np.float32, [1, 1, 8, 8])
+        nodes.append(gs.Node("MaxPool", f"gen/pool{len(nodes)}", attrs={"kernel_shape": [2 * d + 1] * 2},
+                             inputs=[base], outputs=[t]))
+        outs.append(t)
+    later = [gs.Node("Identity", f"net{i}", inputs=[t], outputs=[gs.Variable(f"y{i}", np.float32)])
+             for i, t in enumerate(outs)]
+    graph = gs.Graph(nodes=nodes + later, inputs=[x], outputs=[n.outputs[0] for n in later])
+    _name_mask_tensors(graph, nodes, {id(n) for n in nodes})
+    assert outs[0].name == "mask" and outs[1].name == "mask/output"
