@@ -85,18 +85,23 @@ def resolve_providers(providers: str | Sequence[str] | None, available: Sequence
 class OrtSessionFromOnnx(BaseLoader):
     """Functor that builds an onnxruntime ``InferenceSession`` with amsr's provider rules and a thread count."""
 
-    def __init__(self, model: Any, providers: str | Sequence[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: Any, providers: str | Sequence[str] | None = None, threads: int | None = None,
+                 spin: bool = True) -> None:
         """
         Args:
             model: path to an ``.onnx`` file, serialized model bytes, or a callable returning either.
             providers: ``None`` (CPU), ``"auto"`` or a list of provider names/aliases.
             threads: intra-op threads; ``None`` lets onnxruntime choose (one per core).
+            spin: let the intra-op threads spin-wait after a run (onnxruntime's default). ``False`` for a
+                session that runs right before another one (the mask stage): spinning threads hold the
+                cores the next session needs.
         """
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {threads}")
         self._model = model
         self.providers = providers
         self.threads = threads
+        self.spin = spin
 
     @pg_util.check_called_by("__call__")
     def call_impl(self) -> Any:
@@ -108,6 +113,8 @@ class OrtSessionFromOnnx(BaseLoader):
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = resolve_providers(self.providers, ort.get_available_providers())
         return ort.InferenceSession(model, sess_options=options, providers=providers)
 
@@ -173,7 +180,7 @@ class OrtUpscaler:
         x = self._check(x)
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
-    def _derived_session(self, edit: Any) -> Any:
+    def _derived_session(self, edit: Any, spin: bool = True) -> Any:
         """A session on this file's graph after one ``export.passes`` edit (e.g. ``extract_mask_subgraph``)."""
         try:
             import onnx
@@ -184,7 +191,8 @@ class OrtUpscaler:
         graph = gs.import_onnx(onnx.load(str(self.path)))
         edit(graph)
         model = gs.export_onnx(graph)
-        return OrtSessionFromOnnx(model.SerializeToString(), providers=self._providers, threads=self._threads)()
+        return OrtSessionFromOnnx(model.SerializeToString(), providers=self._providers, threads=self._threads,
+                                  spin=spin)()
 
     def mask(self, x: np.ndarray) -> np.ndarray:
         """The accelerated graph's mask of ``x``: N×1×H×W float32, 1 = computed (runs the mask stage only).
@@ -196,7 +204,7 @@ class OrtUpscaler:
         from amsr.export.passes import extract_mask_subgraph
 
         if self._mask_session is None:
-            self._mask_session = self._derived_session(extract_mask_subgraph)
+            self._mask_session = self._derived_session(extract_mask_subgraph, spin=False)  # the tiles run next
         return self._mask_session.run(["mask"], {self.input_name: self._check(x)})[0]
 
     def upscale_tiled(self, x: np.ndarray, tile: int = 256, overlap: int = 16,

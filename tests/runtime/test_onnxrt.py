@@ -83,6 +83,9 @@ def test_tiled_accelerated_uses_the_whole_image_mask(carn_weights: Path, data_di
     psnr_full = psnr_y(to_uint8(torch.from_numpy(full)), hr, shave=4)
     psnr_tiles = psnr_y(to_uint8(torch.from_numpy(per_tile)), hr, shave=4)
     assert abs(psnr_tiles - psnr_full) <= 0.5
+    # The mask session runs right before the tiles: its threads must not spin-wait and hold the cores.
+    spin = up._mask_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert spin == "0"
 
 
 def test_tile_bounds_cover_the_image() -> None:
