@@ -56,6 +56,17 @@ STRATEGIES = ("auto", "pixel", "tile")
 # dense c1 convs (31 % of its MACs): f* < 0 as well.
 BREAK_EVEN: dict[str, float] = {"carn_m": -1.0, "imdn": -1.0}
 DEFAULT_BREAK_EVEN = 0.5
+# PyTorch on CUDA (measured on an H200, results/bench/gpu): the tile network was slower than dense for every
+# CNN (CARN-M, PAN, IMDN) at every mask measured (ratio 2.4–16), and one tile conv costs 0.95–2.1× the dense
+# cuDNN conv even at 20 % density: auto runs the dense network on a GPU.
+CUDA_BREAK_EVEN = -1.0
+
+
+def default_break_even(model_id: str, device_type: str) -> float:
+    """The active-tile fraction above which ``auto`` runs the dense network, for a model on a device type."""
+    if device_type == "cuda":
+        return CUDA_BREAK_EVEN
+    return BREAK_EVEN.get(model_id, DEFAULT_BREAK_EVEN)
 
 
 def bench_images(data: Path) -> list[Path]:
@@ -256,7 +267,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     config = config or MaskConfig()
     # The exported graph computes the tail densely (export/exportable.py): count what it computes.
     sparse_tail = sparse_tail and backend == "pytorch"
-    be = break_even if break_even is not None else BREAK_EVEN.get(model.arch.id, DEFAULT_BREAK_EVEN)
+    be = break_even if break_even is not None else default_break_even(model.arch.id, dev.type)
     paths_img = bench_images(Path(data))[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     torch.set_num_threads(threads)

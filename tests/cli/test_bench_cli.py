@@ -112,3 +112,11 @@ def test_dense_tail_is_reported_and_counted_in_full(tmp_path: Path, data_dir: Pa
         reports[bool(flag)] = json.loads(out.read_text())
     assert reports[False]["sparse_tail"] is True and reports[True]["sparse_tail"] is False
     assert reports[True]["gmacs_ratio"] > reports[False]["gmacs_ratio"]
+
+
+def test_auto_break_even_per_model_and_device() -> None:
+    from amsr.bench import BREAK_EVEN, DEFAULT_BREAK_EVEN, default_break_even
+
+    assert default_break_even("carn_m", "cpu") == BREAK_EVEN["carn_m"]
+    assert default_break_even("pan", "cpu") == DEFAULT_BREAK_EVEN  # not measured on onnxruntime CPU
+    assert all(default_break_even(m, "cuda") < 0 for m in ("carn_m", "pan", "imdn"))  # dense on a GPU

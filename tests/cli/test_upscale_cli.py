@@ -111,8 +111,29 @@ def test_user_errors_are_one_line(tmp_path: Path, fsrcnn_x2_onnx: Path, capsys: 
     assert rc == 1 and "nothing-here: no such file or folder" in lines[0]
     assert lines[-1] == f"amsr-upscale: 1 written to {tmp_path / 'o'}, 1 failed"
     for argv in (["--onnx", fsrcnn_x2_onnx, "--model", "fsrcnn"], [], ["--model", "fsrcnn"],
-                 ["--onnx", fsrcnn_x2_onnx, "--scale", "2"], ["--onnx", fsrcnn_x2_onnx, "--tile", "-1"]):
+                 ["--onnx", fsrcnn_x2_onnx, "--scale", "2"], ["--onnx", fsrcnn_x2_onnx, "--tile", "-1"],
+                 ["--onnx", fsrcnn_x2_onnx, "--operating-point", "default"]):
         with pytest.raises(SystemExit) as e:
             main([str(a), "--out", str(tmp_path / "o"), *map(str, argv)])
         assert e.value.code == 2
         assert "amsr-upscale: error:" in capsys.readouterr().err
+
+
+def test_model_at_the_default_operating_point(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The production path for the shipped default: export once (output blend, verified against PyTorch
+    before it is written), cache, upscale."""
+    import json
+
+    from amsr.export.metadata import read_metadata
+    from amsr.operating_point import default_operating_point
+
+    monkeypatch.setenv("AMSR_CACHE_DIR", str(tmp_path / "cache"))
+    a, *_ = _inputs(tmp_path / "in")
+    rc, lines = _run(capsys, a, "--out", tmp_path / "o", "--model", "carn_m", "--scale", "4",
+                     "--weights", weights_dir / "carn_m.pth", "--operating-point", "default")
+    assert rc == 0, lines
+    assert Image.open(tmp_path / "o" / "a.png").size == (18 * 4, 14 * 4)
+    (graph,) = (tmp_path / "cache").rglob("*.onnx")
+    cfg = default_operating_point("carn_m", 4)
+    assert cfg is not None and json.loads(read_metadata(graph)["amsr.mask_config"]) == vars(cfg)
