@@ -28,6 +28,7 @@ from amsr.sparse_conv import (
 from amsr.sparse_hit import MaskedHiTBlock
 from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
+from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules
 from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock
 from amsr.zoo.ngswin_arch import NSTB
@@ -106,6 +107,7 @@ class AcceleratedSR(nn.Module):
         self.tail_context = tail_context
         self.last_mask: torch.Tensor | None = None
         self.last_output_mask: torch.Tensor | None = None
+        self.blend_scale: int | None = None  # set for export: the blend's integer-factor upsampling ops
 
     @property
     def config(self) -> MaskConfig:
@@ -140,7 +142,7 @@ class AcceleratedSR(nn.Module):
             return y
         assert output_mask is not None
         self.last_output_mask = output_mask
-        return blend_output(x, y, output_mask)
+        return blend_output(x, y, output_mask, self.blend_scale)
 
     def set_mode(self, mode: ExecutionMode) -> None:
         """Switch every masked layer between the sparse inference path and the dense reference path."""
@@ -155,9 +157,14 @@ class AcceleratedSR(nn.Module):
         return sum(m.last_selected for m in blocks) / total if total else None
 
 
-def blend_output(x: torch.Tensor, y: torch.Tensor, output_mask: torch.Tensor) -> torch.Tensor:
+def blend_output(x: torch.Tensor, y: torch.Tensor, output_mask: torch.Tensor,
+                 scale: int | None = None) -> torch.Tensor:
     """``where(output_mask↑, y, bicubic(x))``: the network's SR ``y`` where the (nearest-upsampled) LR mask
-    is 1, torch bicubic (``align_corners=False``) of the LR input ``x`` elsewhere."""
+    is 1, torch bicubic (``align_corners=False``) of the LR input ``x`` elsewhere. With ``scale`` (y is
+    exactly ``scale``× x) the upsampling runs as conv + pixel shuffle and a broadcast (``amsr.upsample``:
+    same values, much faster than ONNX Resize in onnxruntime)."""
+    if scale is not None:
+        return torch.where(nearest_upscale(output_mask, scale) > 0.5, y, bicubic_upscale(x, scale))
     size = (y.shape[-2], y.shape[-1])
     up = F.interpolate(output_mask, size=size, mode="nearest")
     bic = F.interpolate(x, size=size, mode="bicubic", align_corners=False)

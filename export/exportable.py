@@ -37,6 +37,7 @@ from amsr.errors import ExportError
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.sparse_conv import MaskContext, MaskedConv2d
 from amsr.sparse_tail import TailMaskedConv
+from amsr.surgery import AcceleratedSR
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
@@ -293,6 +294,8 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
             new = ExportMaskGenerator(m, indices)
         elif isinstance(m, PaddedSR):
             new = PaddedForExport(m)
+            if isinstance(m.net, AcceleratedSR):  # the blend's upsampling as conv/broadcast, not Resize
+                m.net.blend_scale = m.scale
         elif isinstance(m, MaskedSwinBlock) and isinstance(m.block, SwinTransformerBlock):
             new = GatherScatterSwinBlock(m)
         elif isinstance(m, MaskedWindowLayer):

@@ -181,6 +181,9 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
                 mask_out.append(t)
     if len(mask_out) > 1:  # shape values the exporter shares with later stages (Swin blocks read H, W)
         mask_out = [t for t in mask_out if t.dtype is not None and np.issubdtype(t.dtype, np.floating)]
+    if len(mask_out) > 1:  # inputs the exporter shares (the blend's bicubic pads x like the blur): masks are N×1×H×W
+        single = [t for t in mask_out if t.shape is not None and len(t.shape) == 4 and t.shape[1] == 1]
+        mask_out = single or mask_out
     output_mask = None
     if len(mask_out) == 2:  # the output blend: (network mask, output mask); d_out ≤ d_net, so the network
         # mask is the more dilated one (equal dilations give equal masks: either serves)
