@@ -232,10 +232,13 @@ def export_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile:
     from amsr.export.onnx_export import export_onnx
 
     cache.mkdir(parents=True, exist_ok=True)
-    # Every mask setting is in the name: a graph exported under other settings is never reused.
+    from amsr.export.onnx_export import toolchain_hash
+
+    # Every mask setting and the exporting code are in the name: another setting or amsr version re-exports.
     settings = hashlib.sha1(json.dumps(vars(config), sort_keys=True).encode()).hexdigest()[:8]
-    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{settings}"
-    paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense.onnx",
+    code = toolchain_hash()
+    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{settings}_{code}"
+    paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense_{code}.onnx",
              "amsr": cache / (f"{tag}_pixel.onnx" if v.tile_net is None else f"{tag}_tile{tile}.onnx")}
     if v.tile_net is not None:
         paths["tile"] = paths["amsr"]

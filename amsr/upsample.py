@@ -34,19 +34,19 @@ def _cubic(d: float) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def _phase_taps(scale: int) -> torch.Tensor:
-    """scale × 5: the weights of LR offsets −2…2 for each output phase (float64)."""
-    taps = torch.zeros(scale, 5, dtype=torch.float64)
+def _phase_taps(scale: int) -> tuple[tuple[float, ...], ...]:
+    """scale × 5: the weights of LR offsets −2…2 for each output phase. Python floats, not a tensor: a
+    tensor cached while an exporter traces would be a fake one, poisoning later eager calls."""
+    rows = []
     for p in range(scale):
         src = (p + 0.5) / scale - 0.5  # position of output phase p relative to its LR pixel
-        for k, off in enumerate(range(-2, 3)):
-            taps[p, k] = _cubic(src - off)
-    return taps
+        rows.append(tuple(_cubic(src - off) for off in range(-2, 3)))
+    return tuple(rows)
 
 
 def bicubic_kernel(scale: int, channels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Depthwise conv weights (channels·scale², 1, 5, 5), ordered for ``pixel_shuffle``."""
-    t = _phase_taps(scale)
+    t = torch.tensor(_phase_taps(scale), dtype=torch.float64)
     k = torch.einsum("pi,qj->pqij", t, t).reshape(scale * scale, 1, 5, 5)  # phase (py, px) → 5×5
     return k.repeat(channels, 1, 1, 1).to(dtype)
 

@@ -20,6 +20,8 @@ then checked against PyTorch at the sample size and at an odd size (``verify=Tru
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import warnings
@@ -44,6 +46,36 @@ MIN_OPSET = 17
 _NATIVE_OPSET = 18  # the lowest opset the dynamo exporter writes without conversion
 # Sizes the export is checked at besides the sample size: odd, and not a multiple of the usual pad sizes.
 VERIFY_SIZES: tuple[tuple[int, int], ...] = ((17, 23),)
+
+
+@functools.cache
+def toolchain_hash() -> str:
+    """8 hex digits over what shapes an exported graph: the torch, onnx and onnxscript versions and amsr's
+    own source (the ``amsr`` and ``amsr.export`` packages' ``.py`` files). Caches of exported graphs put it in
+    their file names, so a graph exported by other code — a release or a development checkout — is never
+    reused."""
+    from importlib import metadata
+
+    import amsr
+    import amsr.export
+
+    versions = []
+    for package in ("torch", "onnx", "onnxscript"):
+        try:
+            versions.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{package}=?")
+    roots = [Path(amsr.__file__).parent, Path(amsr.export.__file__).parent]
+    return source_hash(roots, ";".join(versions))
+
+
+def source_hash(roots: list[Path], salt: str = "") -> str:
+    """8 hex digits over ``salt`` and the names and bytes of every ``.py`` file below ``roots``."""
+    h = hashlib.sha256(salt.encode())
+    for root in sorted(set(roots)):
+        for f in sorted(root.rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:8]
 
 
 def _require_onnx_tools() -> None:

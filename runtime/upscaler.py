@@ -283,7 +283,7 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
 
     The file is named after everything that changes the graph, so a stale export is never reused:
     ``<name>[-<variant>]_x<scale>_<dense | amsr-d<dilation>-<hash of all mask settings>>_w<checkpoint
-    sha256>_op<opset>_<hash of the amsr, torch, onnx and onnxscript versions>.onnx`` in ``cache_dir``
+    sha256>_op<opset>_<hash of the torch, onnx, onnxscript versions and amsr's source>.onnx`` in ``cache_dir``
     (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``).
 
     Raises:
@@ -327,13 +327,7 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
 
 
 def _tools_hash() -> str:
-    """8 hex digits over the versions of the packages that shape an exported graph."""
-    from importlib import metadata
+    """8 hex digits over the packages and the amsr source that shape an exported graph."""
+    from amsr.export.onnx_export import toolchain_hash
 
-    versions = []
-    for package in ("amsr", "torch", "onnx", "onnxscript"):
-        try:
-            versions.append(f"{package}={metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{package}=?")
-    return hashlib.sha256(";".join(versions).encode()).hexdigest()[:8]
+    return toolchain_hash()

@@ -27,3 +27,20 @@ def test_blend_with_scale_equals_the_interpolate_blend() -> None:
     y = torch.rand(1, 3, 36, 44, generator=g)
     m = (torch.rand(1, 1, 9, 11, generator=g) > 0.5).float()
     assert (blend_output(x, y, m, scale=4) - blend_output(x, y, m)).abs().max().item() <= 3e-6
+
+
+def test_eager_calls_after_an_export_trace_stay_real() -> None:
+    """Nothing cached while an exporter traces (fake tensors) may leak into later eager calls."""
+    from torch import nn
+
+    from amsr.upsample import _phase_taps
+
+    class Up(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return bicubic_upscale(x, 3)
+
+    _phase_taps.cache_clear()
+    torch.export.export(Up(), (torch.rand(1, 3, 4, 4),))
+    x = torch.rand(1, 3, 2, 2)
+    ref = F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False)
+    assert float((bicubic_upscale(x, 3) - ref).abs().max()) <= 3e-6

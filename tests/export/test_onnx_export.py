@@ -286,3 +286,18 @@ def test_blend_masks_are_told_apart_by_their_dilation(d_net: int, d_out: int) ->
     graph = gs.Graph(nodes=nodes + later, inputs=[x], outputs=[n.outputs[0] for n in later])
     _name_mask_tensors(graph, nodes, {id(n) for n in nodes})
     assert outs[0].name == "mask" and outs[1].name == "mask/output"
+
+
+def test_export_caches_are_keyed_by_the_exporting_source(tmp_path: Path) -> None:
+    """A changed amsr source file changes the key that export caches (amsr-bench, amsr-upscale) put in file
+    names, so a graph exported by other code is never reused."""
+    from amsr.export.onnx_export import source_hash, toolchain_hash
+
+    (tmp_path / "pkg").mkdir()
+    f = tmp_path / "pkg" / "m.py"
+    f.write_text("x = 1\n")
+    before = source_hash([tmp_path / "pkg"], "torch=1")
+    assert source_hash([tmp_path / "pkg"], "torch=1") == before and source_hash([tmp_path / "pkg"], "torch=2") != before
+    f.write_text("x = 2\n")
+    assert source_hash([tmp_path / "pkg"], "torch=1") != before
+    assert len(toolchain_hash()) == 8
