@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -41,8 +42,13 @@ class CudaGraphed:
         self._calls: dict[Key, int] = {}
         self.dropped = 0
         self.disabled = False
+        self._lock = threading.Lock()  # a graph's static buffers serve one call at a time
 
     def __call__(self, x: torch.Tensor) -> Any:
+        with self._lock:
+            return self._call(x)
+
+    def _call(self, x: torch.Tensor) -> Any:
         key: Key = (tuple(x.shape), x.dtype, x.device)
         entry = self._graphs.get(key)
         if entry is None:

@@ -4,6 +4,8 @@ a GPU by tests/test_mask.py::test_cuda_graph_mask_equals_the_eager_mask_bit_for_
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from amsr.cuda_graphs import CudaGraphed
@@ -14,7 +16,9 @@ class _FakeGraph:
         self.fn, self.static_in, self.static_out = fn, static_in, static_out
 
     def replay(self) -> None:
-        self.static_out.copy_(self.fn(self.static_in))
+        y = self.fn(self.static_in)
+        time.sleep(0.001)  # a GPU replay takes time too: lets unsynchronised callers overwrite the buffers
+        self.static_out.copy_(y)
 
 
 class _Recorded(CudaGraphed):
@@ -53,3 +57,13 @@ def test_least_recently_used_graphs_are_dropped_and_cycling_sizes_give_up() -> N
     assert g.disabled and not g._graphs
     before = len(g.captures)
     assert torch.equal(g(torch.ones(1, 1)), torch.full((1, 1), 2.0)) and len(g.captures) == before
+
+
+def test_concurrent_calls_do_not_share_static_buffers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = _Recorded(_double, capture_after=1)
+    xs = [torch.full((1, 64), float(i)) for i in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(g, xs))
+    assert all(torch.equal(o, x * 2) for o, x in zip(outs, xs)) and g.captures == [(1, 64)]
