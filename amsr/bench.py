@@ -22,7 +22,6 @@ GMACs are counted in PyTorch from the realised mask (``amsr.cost``), the tile pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
@@ -86,6 +85,7 @@ class Variants:
     amsr: torch.nn.Module
     mask: MaskGenerator
     tile_net: torch.nn.Module | None = None  # tile network (auto strategy)
+    path: str = "pixel"  # what ``amsr`` runs: pixel, tile or windows (no masked convs)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,13 +100,15 @@ def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: 
     accelerated network as it is under every strategy but ``tile``, which has nothing to tile there."""
     acc = model.accelerated(config, sparse_tail=sparse_tail)
     gen = next(m for m in acc.modules() if isinstance(m, MaskGenerator))
-    if strategy == "pixel" or not has_masked_convs(acc):
+    if not has_masked_convs(acc):
         if strategy == "tile":
             raise AmsrError(f"{model.arch.id} has no masked convs to run in tiles (it selects attention "
                             "windows): use --strategy auto or pixel")
+        return Variants(model.dense(), acc, gen, path="windows")
+    if strategy == "pixel":
         return Variants(model.dense(), acc, gen)
     tiled = to_tiles(acc, tile)
-    return Variants(model.dense(), tiled, gen, tile_net=tiled)
+    return Variants(model.dense(), tiled, gen, tile_net=tiled, path="tile")
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -190,9 +192,8 @@ class _Ort:
         amsr_graph = onnx.load(str(paths["amsr"]))
         g = gs.import_onnx(amsr_graph)
         self.mask_bytes = gs.export_onnx(extract_mask_subgraph(g)).SerializeToString()
-        # The mask session runs right before another session: its threads must not spin-wait after the run
-        # (onnxruntime's default), or they hold the cores the next session needs (measured: +35 ms per
-        # Set14 image on 2 cores, CARN-M auto → dense).
+        # The mask session runs right before another session, so it must not spin-wait (``session_options``;
+        # measured: +35 ms per Set14 image on 2 cores, CARN-M auto → dense).
         self.sessions["mask"] = self._session(self.mask_bytes, spin=False)
         if "tile" in paths:
             g = gs.import_onnx(onnx.load(str(paths["tile"])))
@@ -200,11 +201,9 @@ class _Ort:
             self.sessions["tile_masked"] = self._session(self.masked_tile_bytes)
 
     def _session(self, model: bytes, profile_prefix: str | None = None, spin: bool = True) -> Any:
-        o = self.ort.SessionOptions()
-        o.intra_op_num_threads = self.threads
-        o.inter_op_num_threads = 1
-        if not spin:
-            o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from amsr.runtime.onnxrt import session_options
+
+        o = session_options(self.ort, self.threads, spin)
         if profile_prefix:
             o.enable_profiling = True
             o.profile_file_prefix = profile_prefix
@@ -226,18 +225,14 @@ class _Ort:
             Path(path).unlink(missing_ok=True)
 
 
-def export_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: int, cache: Path,
-                    v: Variants) -> dict[str, Path]:
+def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Path, v: Variants) -> dict[str, Path]:
     """Export (or reuse from ``cache``) the dense and accelerated graphs of this benchmark."""
-    from amsr.export.onnx_export import export_onnx
+    from amsr.export.onnx_export import export_onnx, toolchain_hash
 
     cache.mkdir(parents=True, exist_ok=True)
-    from amsr.export.onnx_export import toolchain_hash
-
     # Every mask setting and the exporting code are in the name: another setting or amsr version re-exports.
-    settings = hashlib.sha1(json.dumps(vars(config), sort_keys=True).encode()).hexdigest()[:8]
     code = toolchain_hash()
-    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{settings}_{code}"
+    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{config.digest()}_{code}"
     paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense_{code}.onnx",
              "amsr": cache / (f"{tag}_pixel.onnx" if v.tile_net is None else f"{tag}_tile{tile}.onnx")}
     if v.tile_net is not None:
@@ -279,7 +274,6 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         mod.to(dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
 
-    path = "tile" if v.tile_net is not None else ("pixel" if has_masked_convs(v.amsr) else "windows")
     # Masks, choice and effective GMACs from PyTorch (the exported graphs compute the same masks).
     rows: list[dict[str, Any]] = []
     with torch.no_grad():
@@ -291,14 +285,14 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
             amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
             rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
-                         "path": "dense" if use_dense else path,
+                         "path": "dense" if use_dense else v.path,
                          "dense_gmacs": dense_macs / 1e9, "amsr_gmacs": amsr_macs / 1e9, "_mask": m})
 
     times: dict[str, list[list[float]]] = {k: [[] for _ in xs] for k in ("dense", "mask", "amsr")}
     prof: dict[str, Any] = {}
     if backend == "onnxruntime":
         cache = cache or Path.home() / ".cache" / "amsr" / "bench"
-        ort = _Ort(export_variants(model, config, strategy, tile, cache, v), threads)
+        ort = _Ort(export_variants(model, config, tile, cache, v), threads)
         arrays = [x.cpu().numpy() for x in xs]
 
         def amsr_call(i: int) -> Callable[[], Any]:
@@ -354,7 +348,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         "model": model.arch.id, "scale": model.scale, "backend": backend, "strategy": strategy,
         "tile": tile if v.tile_net is not None else None,
         "tile_impl": None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
-        "break_even": be if strategy == "auto" and v.tile_net is not None else None, "path": path,
+        "break_even": be if strategy == "auto" and v.tile_net is not None else None, "path": v.path,
         "threads": threads, "device": device_name(dev), "torch": torch.__version__,
         "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point,
         "sparse_tail": sparse_tail and config.output_dilation is not None, "warmup": warmup, "repeats": repeats,

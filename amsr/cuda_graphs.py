@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from amsr.tracing import is_tracing
+
 log = logging.getLogger(__name__)
 
 Key = tuple[tuple[int, ...], torch.dtype, torch.device]
@@ -103,9 +105,6 @@ class CudaGraphed:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["fn"], state["max_shapes"], state["capture_after"])  # type: ignore[misc]
 
-    def clear(self) -> None:
-        self._graphs.clear()
-        self._calls.clear()
 
 
 def can_replay(x: torch.Tensor) -> bool:
@@ -113,6 +112,6 @@ def can_replay(x: torch.Tensor) -> bool:
     and not inside another capture."""
     if not x.is_cuda or (torch.is_grad_enabled() and x.requires_grad):
         return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+    if is_tracing():
         return False
     return not torch.cuda.is_current_stream_capturing()

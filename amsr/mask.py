@@ -27,7 +27,9 @@ Choices the paper leaves open, and why (numbers in README "Mask settings"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.cuda_graphs import CudaGraphed, can_replay
+from amsr.tracing import is_tracing
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class MaskConfig:
     flat_eps: float = 1e-6
     window_threshold: float = 0.5
     output_dilation: int | None = None
+
+    def digest(self) -> str:
+        """8 hex digits over every setting: names cached exports, so other settings never reuse one."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
     def __post_init__(self) -> None:
         if self.blur_size < 1 or self.blur_size % 2 == 0:
@@ -148,14 +155,13 @@ class MaskGenerator(nn.Module):
         # (amsr.mask_triton); either can be switched off. CPU and ONNX export always run the torch ops.
         self.graphed = CudaGraphed(self.eager) if cuda_graphs else None
         self.graphed_pairs: dict[int, CudaGraphed] = {}  # per output dilation (the blend's two masks)
-        self.cuda_graphs = cuda_graphs
         self.triton_kmeans = triton_kmeans
 
     def forward(self, x: torch.Tensor, output_dilation: int | None = None) -> Any:
         """The network mask; with ``output_dilation`` (the output blend) the pair (network mask, output mask),
         both from one 2-means (one module call, so an exported graph keeps both in the mask stage)."""
         if output_dilation is not None:
-            if self.cuda_graphs and can_replay(x):
+            if self.graphed is not None and can_replay(x):
                 if output_dilation not in self.graphed_pairs:
                     self.graphed_pairs[output_dilation] = CudaGraphed(partial(self.eager_pair, output_dilation))
                 return self.graphed_pairs[output_dilation](x)
@@ -182,9 +188,8 @@ class MaskGenerator(nn.Module):
         return ((flat > thr) | is_flat).to(x.dtype).view_as(hf)
 
     def _threshold(self, flat: torch.Tensor) -> torch.Tensor:
-        tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
         if (self.triton_kmeans and flat.is_cuda and flat.dtype == torch.float32
-                and flat.shape[1] <= TRITON_KMEANS_MAX_VALUES and not tracing):
+                and flat.shape[1] <= TRITON_KMEANS_MAX_VALUES and not is_tracing()):
             from amsr import mask_triton  # imported on a GPU only (importing Triton takes time)
 
             if mask_triton.available():

@@ -291,7 +291,8 @@ def calibrated_defaults() -> list[tuple[str, int]]:
     return [(m, int(s)) for m, scales in models.items() for s in scales]  # type: ignore[union-attr]
 
 
-def default_operating_point_entry(model_id: str, scale: int, budget_db: float = 0.05) -> tuple[float, dict[str, object]]:
+def default_operating_point_entry(model_id: str, scale: int,
+                                  budget_db: float = DEFAULT_BUDGET_DB) -> tuple[float, dict[str, object]]:
     """The shipped entry used for ``budget_db``: the largest calibrated budget ≤ ``budget_db`` (so the chosen
     setting stayed within the requested budget on the calibration images), and its ``{"config", "calibration"}``.
 
@@ -318,7 +319,7 @@ def default_operating_point_entry(model_id: str, scale: int, budget_db: float = 
     return b, entry
 
 
-def default_operating_point(model_id: str, scale: int, budget_db: float = 0.05) -> MaskConfig | None:
+def default_operating_point(model_id: str, scale: int, budget_db: float = DEFAULT_BUDGET_DB) -> MaskConfig | None:
     """The shipped default mask settings of ``model_id`` at ``scale`` for a quality budget (dB of mean Y-PSNR
     loss on the calibration images, T91+BSD200): the entry of the largest calibrated budget ≤ ``budget_db``
     (0.05 and 0.1 are shipped). ``None``: no setting within that budget saves compute — run the dense model.

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.tracing import is_tracing
 
 DEFAULT_TILE = 16
 
@@ -126,7 +127,7 @@ class TileMaskedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.context.mask_for(x)
         tiles = self.indices.of(mask, self.tile)
-        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        if not is_tracing():
             self.last_total = x.shape[0] * x.shape[2] * x.shape[3]
             self.last_active = int(tiles.shape[0]) * self.tile * self.tile
         if self.mode == "dense":

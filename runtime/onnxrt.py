@@ -82,6 +82,19 @@ def resolve_providers(providers: str | Sequence[str] | None, available: Sequence
     return resolved
 
 
+def session_options(ort: Any, threads: int | None = None, spin: bool = True) -> Any:
+    """``ort.SessionOptions`` with ``threads`` intra-op threads (one inter-op; ``None``: onnxruntime's
+    choice) and, with ``spin=False``, no spin-waiting after a run: for a session that runs right before another
+    one (the mask stage), whose spinning threads would hold the cores the next session needs."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OrtSessionFromOnnx(BaseLoader):
     """Functor that builds an onnxruntime ``InferenceSession`` with amsr's provider rules and a thread count."""
 
@@ -92,9 +105,8 @@ class OrtSessionFromOnnx(BaseLoader):
             model: path to an ``.onnx`` file, serialized model bytes, or a callable returning either.
             providers: ``None`` (CPU), ``"auto"`` or a list of provider names/aliases.
             threads: intra-op threads; ``None`` lets onnxruntime choose (one per core).
-            spin: let the intra-op threads spin-wait after a run (onnxruntime's default). ``False`` for a
-                session that runs right before another one (the mask stage): spinning threads hold the
-                cores the next session needs.
+            spin: let the intra-op threads spin-wait after a run (onnxruntime's default); see
+                ``session_options``.
         """
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be ≥ 1, got {threads}")
@@ -109,12 +121,7 @@ class OrtSessionFromOnnx(BaseLoader):
         model, _ = pg_util.invoke_if_callable(self._model)
         if isinstance(model, os.PathLike):
             model = str(model)
-        options = ort.SessionOptions()
-        if self.threads is not None:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-        if not self.spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(ort, self.threads, self.spin)
         providers = resolve_providers(self.providers, ort.get_available_providers())
         return ort.InferenceSession(model, sess_options=options, providers=providers)
 

@@ -30,12 +30,10 @@ a lock, so the first tiled call builds them under this class's lock.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -297,7 +295,7 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
                  opset: int | None) -> tuple[Path, Path, MaskConfig, int]:
     from amsr import paths
     from amsr.errors import AmsrError, UnsupportedModelError
-    from amsr.export.onnx_export import MIN_OPSET
+    from amsr.export.onnx_export import MIN_OPSET, toolchain_hash
     from amsr.mask import MaskConfig
     from amsr.weights import resolve_weights, sha256_of
     from amsr.zoo import get_architecture
@@ -318,16 +316,8 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
         wpath = resolve_weights(arch.weights[0], weights)
     kind = "dense"
     if accelerated:
-        mask_hash = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:8]
-        kind = f"amsr-d{config.dilation}-{mask_hash}"
+        kind = f"amsr-d{config.dilation}-{config.digest()}"
     stem = (f"{name}{'-' + variant if variant else ''}_x{scale}_{kind}_w{sha256_of(wpath)[:12]}"
-            f"_op{opset}_{_tools_hash()}")
+            f"_op{opset}_{toolchain_hash()}")
     folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "onnx"
     return folder / f"{stem}.onnx", wpath, config, opset
-
-
-def _tools_hash() -> str:
-    """8 hex digits over the packages and the amsr source that shape an exported graph."""
-    from amsr.export.onnx_export import toolchain_hash
-
-    return toolchain_hash()

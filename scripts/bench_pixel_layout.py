@@ -27,6 +27,7 @@ from torch import nn
 
 from amsr.cli.common import write_json
 from amsr.export.exportable import GatherScatterConv2d, SparseIndices
+from amsr.runtime.onnxrt import session_options
 from amsr.sparse_conv import MaskContext, MaskedConv2d
 
 
@@ -80,10 +81,8 @@ def _session(module: nn.Module, x: torch.Tensor, m: torch.Tensor, folder: Path, 
 
     path = folder / f"{type(module).__name__}.onnx"
     torch.onnx.export(module, (x, m), str(path), input_names=["x", "mask"], output_names=["y"], dynamo=True)
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=o, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), sess_options=session_options(ort, threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def main() -> int:

@@ -18,7 +18,6 @@ from amsr.models import load_model
 from amsr.operating_point import DEFAULT_BUDGET_DB, choose_operating_point, load_calibration, parse_budget
 
 
-
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=20, help="calibrate on at most this many images (default 20)")
     p.add_argument("--crop", type=int, default=128,

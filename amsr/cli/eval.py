@@ -17,6 +17,7 @@ from amsr.cli.common import (
     OPERATING_POINT_HELP,
     add_mask_args,
     add_model_args,
+    config_and_source,
     mask_config_from,
     run_main,
     write_json,
@@ -24,7 +25,7 @@ from amsr.cli.common import (
 from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
 from amsr.models import load_model, unwrap_accelerated
-from amsr.operating_point import parse_budget, resolve_operating_point
+from amsr.operating_point import parse_budget
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             raise AmsrError(f"no mask setting stays within {budget} dB on the calibration images: use the dense model")
         config = op.config
     elif args.operating_point is not None:
-        config, source = resolve_operating_point(args.operating_point, args.model, args.scale)
+        config, source = config_and_source(args)
         extra = {"operating_point": source}
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     acc = model.accelerated(config)
