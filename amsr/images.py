@@ -83,6 +83,12 @@ def save_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+    """Image files directly in ``folder``, sorted by name.
+
+    Raises:
+        InputImageError: ``folder`` is not a directory.
+    """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InputImageError(f"{folder}: no such folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

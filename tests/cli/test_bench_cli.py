@@ -120,3 +120,9 @@ def test_auto_break_even_per_model_and_device() -> None:
     assert default_break_even("carn_m", "cpu") == BREAK_EVEN["carn_m"]
     assert default_break_even("pan", "cpu") == DEFAULT_BREAK_EVEN  # not measured on onnxruntime CPU
     assert all(default_break_even(m, "cuda") < 0 for m in ("carn_m", "pan", "imdn"))  # dense on a GPU
+
+
+def test_bench_on_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--model", "carn_m", "--scale", "4", "--data", str(tmp_path / "nowhere"), "--backend", "pytorch"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "nowhere: no such folder" in err and "Traceback" not in err
