@@ -126,3 +126,19 @@ def test_bench_on_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.Ca
     rc = main(["--model", "carn_m", "--scale", "4", "--data", str(tmp_path / "nowhere"), "--backend", "pytorch"])
     err = capsys.readouterr().err
     assert rc == 1 and "nowhere: no such folder" in err and "Traceback" not in err
+
+
+def test_bench_onnxruntime_backend_writes_the_contract(tmp_path: Path, data_dir: Path, weights_dir: Path) -> None:
+    """The onnxruntime path end to end: export (cached under --cache), mask session, per-node profile."""
+    pytest.importorskip("onnxruntime", reason="needs onnxruntime (pip install 'amsr[onnx]')")
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install 'amsr[onnx]')")
+    weights = weight_file(weights_dir, "carn_m.pth")
+    out = tmp_path / "bench.json"
+    assert main(["--model", "carn_m", "--scale", "4", "--weights", str(weights), "--data",
+                 str(_small_lr_folder(tmp_path, data_dir)), "--backend", "onnxruntime", "--strategy", "pixel",
+                 "--repeats", "1", "--warmup", "0", "--cache", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["backend"] == "onnxruntime" and r["path"] == "pixel" and r["images"] == 1
+    assert r["ratio"] == pytest.approx(r["amsr_ms"] / r["dense_ms"], rel=1e-3)
+    assert r["profile"]["amsr"]["by_stage_ms"].keys() >= {"mask", "sparse_conv"}
+    assert len(list((tmp_path / "cache").glob("*.onnx"))) == 2
