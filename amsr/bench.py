@@ -30,11 +30,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from amsr import paths
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
 from amsr.images import list_images, read_rgb8, to_tensor
@@ -42,6 +43,9 @@ from amsr.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel
 from amsr.sparse_conv import MaskedConv2d
 from amsr.sparse_tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
+
+if TYPE_CHECKING:
+    from amsr.cache_key import ExportKey
 
 log = logging.getLogger(__name__)
 
@@ -209,15 +213,21 @@ class _Ort:
             o.profile_file_prefix = profile_prefix
         return self.ort.InferenceSession(model, sess_options=o, providers=["CPUExecutionProvider"])
 
-    def run(self, key: str, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"lr": x} if mask is None else {"lr": x, "mask": mask}
+    def run(self, key: str, x: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        feeds = {"lr": x} if masks is None else {"lr": x, **masks}
         return self.sessions[key].run(None, feeds)[0]
+
+    def masks(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every mask of the graph (``export.passes.mask_tensors``), by name, from the mask session."""
+        s = self.sessions["mask"]
+        names = [o.name for o in s.get_outputs()]
+        return dict(zip(names, s.run(names, {"lr": x}), strict=True))
 
     def profile(self, key: str, model: bytes, images: list[np.ndarray], workdir: Path,
                 masks: list[np.ndarray] | None = None) -> dict[str, Any]:
         s = self._session(model, str(workdir / f"ort_profile_{key}"))
         for i, x in enumerate(images):
-            s.run(None, {"lr": x} if masks is None else {"lr": x, "mask": masks[i]})
+            s.run(None, {"lr": x} if masks is None else {"lr": x, **self.masks(x)})
         path = s.end_profiling()
         try:
             return summarise_profile(path, len(images))
@@ -226,22 +236,34 @@ class _Ort:
 
 
 def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Path, v: Variants) -> dict[str, Path]:
-    """Export (or reuse from ``cache``) the dense and accelerated graphs of this benchmark."""
-    from amsr.export.onnx_export import export_onnx, toolchain_hash
+    """Export (or reuse from ``cache``) the dense and accelerated graphs of this benchmark.
 
-    cache.mkdir(parents=True, exist_ok=True)
-    # Every mask setting and the exporting code are in the name: another setting or amsr version re-exports.
-    code = toolchain_hash()
-    tag = f"{model.arch.id}_x{model.scale}_d{config.dilation}_{config.digest()}_{code}"
-    paths = {"dense": cache / f"{model.arch.id}_x{model.scale}_dense_{code}.onnx",
-             "amsr": cache / (f"{tag}_pixel.onnx" if v.tile_net is None else f"{tag}_tile{tile}.onnx")}
+    Entries are named and verified by ``amsr.cache_key`` (the scheme of ``Upscaler.from_model``'s cache): model,
+    variant, scale, checkpoint sha256, every mask setting, opset and toolchain, plus the tile size for the tile
+    network, which is another graph than the pixel one. A damaged entry is exported again.
+    """
+    from amsr.cache_key import cached_export, export_key
+    from amsr.export.onnx_export import export_onnx
+
+    def key(cfg: MaskConfig | None, tile_size: int | None = None) -> ExportKey:
+        return export_key(model.arch.id, model.scale, model.weights, cfg, variant=model.variant, tile=tile_size)
+
+    keys = {"dense": key(None), "amsr": key(config, None if v.tile_net is None else tile)}
+    files: dict[str, Path] = {}
+    for name, mod in (("dense", v.dense), ("amsr", v.amsr)):
+        def export(dest: Path, mod: torch.nn.Module = mod, name: str = name) -> None:
+            log.info("exporting %s to %s", name, dest)
+            export_onnx(mod, dest)
+
+        files[name] = cached_export(cache / keys[name].file_name, keys[name], export)
     if v.tile_net is not None:
-        paths["tile"] = paths["amsr"]
-    for key, mod in (("dense", v.dense), ("amsr", v.amsr)):
-        if not paths[key].is_file():
-            log.info("exporting %s to %s", key, paths[key])
-            export_onnx(mod, paths[key])
-    return paths
+        files["tile"] = files["amsr"]
+    return files
+
+
+def default_cache() -> Path:
+    """Where amsr-bench keeps its exported graphs: ``<amsr cache>/bench`` (``amsr.paths.cache_dir``)."""
+    return paths.cache_dir() / "bench"
 
 
 def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", threads: int = 2,
@@ -291,7 +313,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     times: dict[str, list[list[float]]] = {k: [[] for _ in xs] for k in ("dense", "mask", "amsr")}
     prof: dict[str, Any] = {}
     if backend == "onnxruntime":
-        cache = cache or Path.home() / ".cache" / "amsr" / "bench"
+        cache = cache or default_cache()
         ort = _Ort(export_variants(model, config, tile, cache, v), threads)
         arrays = [x.cpu().numpy() for x in xs]
 
@@ -300,7 +322,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
                 return lambda: ort.run("amsr", arrays[i])
             if rows[i]["path"] == "dense":  # mask stage, then the dense graph
                 return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))
-            return lambda: ort.run("tile_masked", arrays[i], ort.run("mask", arrays[i]))
+            return lambda: ort.run("tile_masked", arrays[i], ort.masks(arrays[i]))
 
         calls = {"dense": lambda i: (lambda: ort.run("dense", arrays[i])),
                  "mask": lambda i: (lambda: ort.run("mask", arrays[i])), "amsr": amsr_call}

@@ -38,7 +38,23 @@ def load_checkpoint(path: str | os.PathLike[str]) -> StateDict:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
-    return canonicalize_state_dict(obj, source=str(path))
+    sd = canonicalize_state_dict(obj, source=str(path))
+    check_finite(sd, str(path))
+    return sd
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """``CheckpointError`` naming the first floating-point tensor holding NaN or ±Inf.
+
+    One such weight turns the whole output into NaN or garbage that still scores (a NaN file evaluated at
+    7.6 dB and exit 0), so a corrupt file is refused at load. Cost: one pass over the weights (SwinIR's 12 M
+    parameters: ~10 ms).
+    """
+    for key, t in sd.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: tensor {key!r} holds {n} NaN/Inf value(s) of {t.numel()}; "
+                                  "the checkpoint is corrupt")
 
 
 def canonicalize_state_dict(obj: object, source: str = "state dict") -> StateDict:

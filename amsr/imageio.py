@@ -8,7 +8,10 @@
 - 8-bit images come back as ``uint8``; 16-bit PNGs as ``uint16``, decoded by OpenCV: Pillow opens a 16-bit
   RGB PNG as 8-bit RGB, silently dropping the low byte, so those files never go through Pillow;
 - channels: always ``H×W×C`` with C = 1 (gray), 3 (RGB) or 4 (RGBA). Gray+alpha, palettes with transparency
-  and RGB with a ``tRNS`` colour key become RGBA; CMYK/YCbCr become RGB.
+  and RGB with a ``tRNS`` colour key become RGBA; CMYK/YCbCr become RGB;
+- size: an image declaring more than ``pixel_limit()`` pixels (default ``DEFAULT_MAX_PIXELS``, environment
+  ``AMSR_MAX_PIXELS``) is refused from its header, before anything is decoded (a decompression bomb: a few
+  hundred bytes of PNG can declare 30000×30000). ``amsr.images`` (the benchmark reader) uses the same policy.
 
 Output is PNG only: ``uint16`` in gives a 16-bit PNG, alpha is kept, and the file appears atomically
 (``amsr.files``). ICC profiles and other metadata are not carried over.
@@ -19,13 +22,14 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from amsr.errors import BackendUnavailableError, InputImageError
+from amsr.errors import AmsrError, BackendUnavailableError, InputImageError
 from amsr.files import atomic_path, save_bytes
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,57 @@ INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 #: Pillow format names read by ``read_image`` (MPO: the multi-picture JPEG many phones write).
 _PIL_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB"}
 _EXIF_ORIENTATION = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Largest image (width × height) read by default: 64 MP takes 50 MP phone photos (8160×6120) and 8K frames
+#: (33 MP) and bounds a decoded 16-bit RGBA image to 512 MB (8 bytes a pixel); it stays below Pillow's own
+#: DecompressionBombWarning threshold (89.5 MP), so Pillow never warns about an image amsr accepts.
+DEFAULT_MAX_PIXELS = 64_000_000
+#: Environment variable overriding ``DEFAULT_MAX_PIXELS`` (a positive integer number of pixels).
+MAX_PIXELS_ENV = "AMSR_MAX_PIXELS"
+
+
+def pixel_limit(override: int | None = None) -> int:
+    """The pixel limit in force: ``override`` if given, else ``$AMSR_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS``.
+
+    Raises:
+        AmsrError: the override or the environment variable is not a positive integer.
+    """
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise AmsrError(f"max_pixels must be a positive integer, got {override!r}")
+        return override
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise AmsrError(f"{MAX_PIXELS_ENV}={raw!r}: expected a positive integer number of pixels "
+                        f"(default {DEFAULT_MAX_PIXELS})")
+    return value
+
+
+def check_image_size(path: Path | str, width: int, height: int, limit: int | None = None) -> None:
+    """Refuse an image whose header declares more than ``pixel_limit(limit)`` pixels (before decoding it).
+
+    Raises:
+        InputImageError: too many pixels (the message gives the size, the limit and how to raise it).
+    """
+    allowed = pixel_limit(limit)
+    if width * height > allowed:
+        raise InputImageError(f"{path}: {width}×{height} image ({width * height / 1e6:.1f} MP) is over the "
+                              f"{allowed / 1e6:g} MP limit (set {MAX_PIXELS_ENV} to raise it)")
+
+
+def png_header(head: bytes) -> tuple[int, int, int] | None:
+    """(width, height, bit depth per channel) from a PNG's IHDR chunk (its first 26 bytes), None if not PNG."""
+    if len(head) >= 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height, depth = struct.unpack(">IIB", head[16:25])
+        return width, height, depth
+    return None
 
 
 def _cv2() -> Any:
@@ -44,13 +99,6 @@ def _cv2() -> Any:
         raise BackendUnavailableError("16-bit PNG files need OpenCV: pip install opencv-python-headless "
                                       "(or pip install 'amsr[png16]')") from None
     return cv2
-
-
-def _png_bit_depth(head: bytes) -> int | None:
-    """Bit depth per channel from a PNG's IHDR chunk (the first 26 bytes), or None for other formats."""
-    if len(head) >= 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
-        return head[24]
-    return None
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -91,6 +139,8 @@ def _pil_orientation(path: Path, data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # not an EXIF problem
+        raise InputImageError(f"{path}: {e}") from None
     except Exception:  # a broken EXIF block must not fail a file OpenCV decoded: treat it as upright
         log.warning("%s: unreadable EXIF data ignored", path)
         return 1
@@ -112,12 +162,16 @@ def _pil_to_array(path: Path, im: Any) -> np.ndarray:
     return np.ascontiguousarray(arr[..., None] if arr.ndim == 2 else arr)
 
 
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as ``H×W×C`` (C = 1, 3 or 4) ``uint8``, or ``uint16`` for 16-bit PNGs, upright.
 
+    ``max_pixels`` overrides the size limit (``pixel_limit``: ``$AMSR_MAX_PIXELS`` or 64 MP), checked
+    from the header before decoding.
+
     Raises:
-        InputImageError: missing, corrupt or unsupported file (the message names the path).
+        InputImageError: missing, corrupt, unsupported or too large file (the message names the path).
         BackendUnavailableError: a 16-bit PNG and OpenCV is not installed.
+        AmsrError: ``max_pixels`` / ``$AMSR_MAX_PIXELS`` is not a positive integer.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -129,10 +183,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputImageError(f"{path}: is a folder, not an image") from None
     except OSError as e:
         raise InputImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    if _png_bit_depth(data[:26]) == 16:
+    png = png_header(data[:26])
+    if png is not None:  # OpenCV (16-bit) checks nothing below 2^30 pixels: check before either decoder
+        check_image_size(path, png[0], png[1], max_pixels)
+    if png is not None and png[2] == 16:
         return _read_16bit_png(path, data)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # lazy: the header is parsed, no pixel decoded yet
+            check_image_size(path, im.width, im.height, max_pixels)
             if im.format not in _PIL_FORMATS:
                 raise InputImageError(f"{path}: {im.format} files are not supported "
                                       "(use PNG, JPEG, WebP or BMP)")
@@ -141,6 +199,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             im.load()
             try:
                 upright = ImageOps.exif_transpose(im)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise
             except Exception as e:  # malformed EXIF raises many types; the pixels are still good
                 log.warning("%s: unreadable EXIF data ignored (%s)", path, e)
                 upright = im
@@ -150,8 +210,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except UnidentifiedImageError:
         raise InputImageError(f"{path}: not an image file Pillow recognises "
                               "(corrupt, or not PNG/JPEG/WebP/BMP)") from None
-    except Image.DecompressionBombError as e:
-        raise InputImageError(f"{path}: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's check runs in open
+        raise InputImageError(f"{path}: {e} (Pillow's limit, refused before amsr's {pixel_limit(max_pixels)} "
+                              "pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
         raise InputImageError(f"{path}: cannot decode image ({e})") from None
 

@@ -4,6 +4,8 @@ The evaluation path refuses what it cannot score honestly (alpha, 16-bit, palett
 converting silently; Pillow would otherwise truncate a 16-bit RGB PNG to 8 bits without a word.
 8-bit grayscale is the one exception: Set14 ships two grayscale images and the standard protocol scores them
 as RGB with three equal channels, so they are replicated (and the Y-PSNR is then that of the gray image).
+Image size follows ``amsr.imageio``'s one policy (``pixel_limit``: 64 MP or ``$AMSR_MAX_PIXELS``), checked from
+the header before decoding.
 """
 
 from __future__ import annotations
@@ -15,35 +17,39 @@ import numpy as np
 import torch
 
 from amsr.errors import InputImageError
+from amsr.imageio import check_image_size, png_header
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
-def _png_bit_depth(path: Path) -> int | None:
-    """Bit depth per channel from a PNG's IHDR chunk, or None for other formats."""
+def _png_header(path: Path) -> tuple[int, int, int] | None:
+    """(width, height, bit depth per channel) from a PNG's IHDR chunk, or None for other formats."""
     with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n":
-        return head[24]
-    return None
+        return png_header(f.read(26))
 
 
-def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
+def read_rgb8(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read an 8-bit RGB (or grayscale, replicated) image as an ``H×W×3`` uint8 array.
 
+    ``max_pixels`` overrides the size limit (``amsr.imageio.pixel_limit``), checked before decoding.
+
     Raises:
-        InputImageError: missing/unreadable file, or a mode other than 8-bit RGB (named in the message).
+        InputImageError: missing/unreadable file, too many pixels, or a mode other than 8-bit RGB (named in
+            the message).
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"{path}: no such image file")
-    depth = _png_bit_depth(path)
-    if depth is not None and depth != 8:
-        raise InputImageError(f"{path}: {depth}-bit PNG; amsr-eval scores 8-bit RGB images only")
+    png = _png_header(path)
+    if png is not None:
+        check_image_size(path, png[0], png[1], max_pixels)
+        if png[2] != 8:
+            raise InputImageError(f"{path}: {png[2]}-bit PNG; amsr-eval scores 8-bit RGB images only")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # lazy: header only, so the size is checked before decoding
+            check_image_size(path, im.width, im.height, max_pixels)
             im.load()
             mode = im.mode
             if mode == "L":
@@ -54,6 +60,8 @@ def read_rgb8(path: str | os.PathLike[str]) -> np.ndarray:
                         "CMYK": "CMYK"}.get(mode, mode)
                 raise InputImageError(f"{path}: {kind} image; amsr needs 8-bit RGB or grayscale (convert it first)")
             return np.asarray(im, dtype=np.uint8).copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's check runs in open
+        raise InputImageError(f"{path}: {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputImageError(f"{path}: cannot decode image ({e})") from None
 

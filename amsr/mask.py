@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -39,7 +41,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.cuda_graphs import CudaGraphed, can_replay
+from amsr.errors import InputImageError
 from amsr.tracing import is_tracing
+
+
+# Upper bounds of the mask settings: sanity limits far above every useful value, so that a typo cannot make
+# torch allocate gigabytes (``--blur-size 100001`` asked for an 80 GB kernel) or unroll a huge ONNX graph.
+#: 31 taps cover ±3σ of σ = 5, over 3× the largest blur measured (7×7, σ 2.5: module docstring).
+MAX_BLUR_SIZE = 31
+#: At σ = 20 a 31-tap kernel's edge weight is already 0.75 of its centre (a box filter): more changes nothing.
+MAX_BLUR_SIGMA = 20.0
+#: d = 64 grows one pixel to 129×129 LR pixels, larger than a whole Set5 x4 LR image (≤ 128 px); calibrated
+#: defaults use d ≤ 7 (amsr/zoo/operating_points.json).
+MAX_DILATION = 64
+#: Every Set5/Set14 image converges within 38 iterations; the ONNX graph unrolls each one (~10 nodes).
+MAX_KMEANS_ITERS = 1000
 
 
 @dataclass(frozen=True)
@@ -75,19 +91,48 @@ class MaskConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
 
     def __post_init__(self) -> None:
-        if self.blur_size < 1 or self.blur_size % 2 == 0:
+        # Settings come from Python, argparse and operating-point JSON: check types too, so that a JSON
+        # "dilation": 2.7 or a NaN σ is one ValueError here, not a torch error (or a silently empty mask) later.
+        # The CLIs (``mask_config_from``, ``config_from_json``) turn ValueError into a one-line AmsrError.
+        self._set_int("blur_size", 1, MAX_BLUR_SIZE)
+        if self.blur_size % 2 == 0:
             raise ValueError(f"blur_size must be a positive odd number, got {self.blur_size}")
-        if self.blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be > 0, got {self.blur_sigma}")
-        if self.dilation < 0:
-            raise ValueError(f"dilation must be ≥ 0, got {self.dilation}")
-        if self.kmeans_iters < 1:
-            raise ValueError(f"kmeans_iters must be ≥ 1, got {self.kmeans_iters}")
-        if not self.window_threshold >= 0:  # also refuses NaN
-            raise ValueError(f"window_threshold must be ≥ 0, got {self.window_threshold}")
-        if self.output_dilation is not None and not 0 <= self.output_dilation <= self.dilation:
-            raise ValueError(f"output_dilation must be between 0 and dilation ({self.dilation}), "
-                             f"got {self.output_dilation}")
+        self._set_float("blur_sigma", 0.0, MAX_BLUR_SIGMA, low_open=True)
+        self._set_int("dilation", 0, MAX_DILATION)
+        self._set_int("kmeans_iters", 1, MAX_KMEANS_ITERS)
+        # hf = mean_c |x − G(x)| ≤ 1 on [0, 1] input, so flat_eps ≥ 1 would call every image flat.
+        self._set_float("flat_eps", 0.0, 1.0, high_open=True)
+        # Above 1 is meaningful (no window computed), so only finiteness bounds it from above.
+        self._set_float("window_threshold", 0.0, float("inf"), high_open=True)
+        if self.output_dilation is not None:
+            self._set_int("output_dilation", 0, MAX_DILATION)
+            if self.output_dilation > self.dilation:
+                raise ValueError(f"output_dilation must be between 0 and dilation ({self.dilation}), "
+                                 f"got {self.output_dilation}")
+
+    def _set_int(self, name: str, low: int, high: int) -> None:
+        """Check ``name`` is an integer (not bool, not float) in [low, high]; store it as a Python int."""
+        v = getattr(self, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+        if not low <= v <= high:
+            raise ValueError(f"{name} must be between {low} and {high}, got {v}")
+        object.__setattr__(self, name, int(v))  # np.int64 → int: digest() serialises the fields as JSON
+
+    def _set_float(self, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+        """Check ``name`` is a finite real number in [low, high] (open ends as flagged); store it as float."""
+        v = getattr(self, name)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {v!r} ({type(v).__name__})")
+        f = float(v)
+        if not math.isfinite(f):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if f < low or (low_open and f == low) or f > high or (high_open and f == high):
+            lo = f"> {low:g}" if low_open else f"≥ {low:g}"
+            hi = "" if math.isinf(high) else f" and {'<' if high_open else '≤'} {high:g}"
+            raise ValueError(f"{name} must be {lo}{hi}, got {v}")
+        if type(v) not in (int, float):
+            object.__setattr__(self, name, f)  # np.float32 → float (JSON-serialisable); int/float kept as given
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
@@ -141,8 +186,35 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 TRITON_KMEANS_MAX_VALUES = 65536
 
 
+def require_finite(x: torch.Tensor) -> None:
+    """Refuse NaN/Inf input: one such LR pixel makes the 2-means' min/max NaN, every comparison false and
+    so the WHOLE image's mask 0 (nothing computed: a silent quality loss everywhere), not only near it.
+
+    Refused at the eager API boundary (``compute_mask``, ``AcceleratedSR.forward``) rather than repaired in
+    the mask, whose ops are the traced ONNX graph: repairing would add ops to it, and a data-dependent raise
+    cannot be traced. The ONNX runtime's image path already refuses non-finite float images.
+
+    Raises:
+        InputImageError: ``x`` holds a NaN or ±Inf (the message counts them).
+    """
+    # The sum is NaN/Inf iff some value is (or huge finite values overflow it: then counted exactly below):
+    # 33 µs on a 480×320 RGB image on a 2-core CPU, against 2–10 ms for isfinite(x).all(). Half precision
+    # sums in float32 (an fp16 sum overflows past 65504, i.e. any image over ~256×256 px).
+    total = x.sum(dtype=torch.float32) if x.is_floating_point() and x.element_size() < 4 else x.sum()
+    if bool(total.isfinite()):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise InputImageError(f"input has {bad} NaN/Inf value(s) of {x.numel()}: the mask needs finite pixels "
+                              "(replace them, e.g. torch.nan_to_num(x))")
+
+
 class MaskGenerator(nn.Module):
-    """LR image (N×C×H×W, [0, 1]) → binary float mask N×1×H×W (1 = compute). Exportable to ONNX."""
+    """LR image (N×C×H×W, [0, 1]) → binary float mask N×1×H×W (1 = compute). Exportable to ONNX.
+
+    The input must be finite; this module does not check it (it is the traced mask stage): callers at the
+    API boundary do (``require_finite``).
+    """
 
     def __init__(self, config: MaskConfig | None = None, cuda_graphs: bool = True,
                  triton_kmeans: bool = True) -> None:
@@ -198,7 +270,12 @@ class MaskGenerator(nn.Module):
 
 
 def compute_mask(x: torch.Tensor, config: MaskConfig | None = None) -> torch.Tensor:
-    """Convenience: the binary mask of ``x`` under ``config``."""
+    """Convenience: the binary mask of ``x`` under ``config``.
+
+    Raises:
+        InputImageError: ``x`` holds NaN/Inf values (they would zero the whole mask: ``require_finite``).
+    """
+    require_finite(x)
     with torch.no_grad():
         return MaskGenerator(config).to(x.device)(x)
 

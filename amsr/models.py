@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from amsr.checkpoint import load_checkpoint
@@ -14,10 +15,26 @@ from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.mask import MaskConfig
 from amsr.sparse_conv import ExecutionMode
 from amsr.sparse_tail import TAIL_RULES
-from amsr.surgery import AcceleratedSR, accelerate
-from amsr.weights import resolve_weights
+from amsr.surgery import AcceleratedSR, accelerate, check_sr_input, parameter_dtype
+from amsr.tracing import is_tracing
+from amsr.weights import check_official_scale, resolve_weights
 from amsr.zoo import Architecture, detect_architecture, get_architecture
 from amsr.zoo.padding import PaddedSR
+
+#: Every zoo network takes RGB (its head conv has 3 input channels).
+ZOO_CHANNELS = 3
+
+
+class CheckedSR(PaddedSR):
+    """``PaddedSR`` whose forward first checks its input (``check_sr_input``): N×3×H×W in the model's dtype,
+    and, for an accelerated model, finite values (NaN/Inf would zero its mask). One ``InputImageError``
+    naming expected vs got instead of a torch error deep inside the network. Skipped while tracing, and
+    the exporter swaps ``PaddedSR`` for its own twin anyway, so exported graphs are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not is_tracing():
+            check_sr_input(x, parameter_dtype(self.net), ZOO_CHANNELS, finite=isinstance(self.net, AcceleratedSR))
+        return super().forward(x)
 
 
 @dataclass
@@ -25,7 +42,9 @@ class LoadedModel:
     """A zoo network with its weights: ``dense()`` and ``accelerated(config)`` give ready modules.
 
     Both take N×3×H×W float32 RGB in [0, 1] of any H×W (padded to the architecture's requirements
-    and cropped back) and return N×3×sH×sW, unclamped.
+    and cropped back) and return N×3×sH×sW, unclamped. Other input (3-D, 1 or 4 channels, float64/float16/
+    uint8, and NaN/Inf for the accelerated one) is an ``InputImageError`` saying what was expected; float64
+    is refused, not cast (``x.float()``), so the output dtype is always the input's.
     """
 
     arch: Architecture
@@ -35,7 +54,8 @@ class LoadedModel:
     variant: str = ""
 
     def dense(self) -> nn.Module:
-        return PaddedSR(self.net, self.scale, self.arch.size).eval()
+        # NaN input is not refused here: the dense network only spreads it over its receptive field (visible).
+        return CheckedSR(self.net, self.scale, self.arch.size).eval()
 
     def accelerated(self, config: MaskConfig | None = None, mode: ExecutionMode = "sparse",
                     sparse_tail: bool = True) -> PaddedSR:
@@ -45,7 +65,8 @@ class LoadedModel:
         computes exactly; faster wherever measured, results/bench/gpu/README.md; counted in full)."""
         tail = TAIL_RULES.get(self.arch.id) if sparse_tail else None
         acc = accelerate(self.net, self.arch.rules, config, mode=mode, tail=tail(self.scale) if tail else None)
-        return PaddedSR(acc, self.scale, self.arch.size).eval()
+        acc.check_inputs = False  # CheckedSR checks the unpadded input once, at the outermost forward
+        return CheckedSR(acc, self.scale, self.arch.size).eval()
 
 
 def unwrap_accelerated(model: nn.Module) -> AcceleratedSR:
@@ -74,6 +95,7 @@ def load_model(name: str, scale: int, weights: str | os.PathLike[str] | None = N
         path = resolve_weights(wf, allow_download=allow_download)
     else:
         path = resolve_weights(arch.weights[0], weights)
+        check_official_scale(arch, path, scale)  # a file of another scale the weights cannot reveal
     sd = load_checkpoint(path)
     if not arch.detect(sd):
         try:

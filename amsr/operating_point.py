@@ -228,9 +228,24 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
                           {"images": len(images)}, tuple(points))
 
 
-def config_from_json(d: dict[str, object]) -> MaskConfig:
+def config_from_json(d: object) -> MaskConfig:
+    """The ``MaskConfig`` of an operating point's ``config`` object.
+
+    Raises:
+        AmsrError: not an object, an unknown setting (all named, with the known ones), or a bad value
+            (``MaskConfig`` checks types, finiteness and bounds): one line each.
+    """
+    from dataclasses import fields
+
+    if not isinstance(d, dict):
+        raise AmsrError(f"bad mask settings in operating point: expected an object, got {type(d).__name__}")
+    known = [f.name for f in fields(MaskConfig)]
+    unknown = [str(k) for k in d if k not in known]
+    if unknown:
+        raise AmsrError(f"bad mask settings in operating point: unknown setting(s) {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(known)})")
     try:
-        return MaskConfig(**d)  # type: ignore[arg-type]
+        return MaskConfig(**d)
     except (TypeError, ValueError) as e:
         raise AmsrError(f"bad mask settings in operating point: {e}") from None
 
@@ -239,7 +254,7 @@ def load_operating_point(path: str | os.PathLike[str]) -> tuple[dict[str, object
     """The JSON written by ``amsr-calibrate`` and its ``MaskConfig`` (None: dense).
 
     Raises:
-        AmsrError: unreadable file, not JSON, or no ``config`` entry.
+        AmsrError: unreadable file, not JSON, no ``config`` entry, or bad mask settings (``config_from_json``).
     """
     try:
         d = json.loads(Path(path).read_text())
@@ -250,7 +265,10 @@ def load_operating_point(path: str | os.PathLike[str]) -> tuple[dict[str, object
     if not isinstance(d, dict) or "config" not in d:
         raise AmsrError(f"{path}: not an operating point (no 'config' entry)")
     cfg = d["config"]
-    return d, None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]
+    try:
+        return d, None if cfg is None else config_from_json(cfg)
+    except AmsrError as e:
+        raise AmsrError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,12 +371,35 @@ def resolve_operating_point(spec: str, model_id: str, scale: int) -> tuple[MaskC
         if entry["config"] is None:
             raise AmsrError(f"the default operating point of {model_id} x{scale} for {used} dB is the dense "
                             "model (no setting within that budget saved compute on the calibration images)")
-        return config_from_json(entry["config"]), {  # type: ignore[arg-type]
-            "source": "shipped default", "requested_budget_db": budget, "budget_db": used,
-            "calibration": entry.get("calibration")}
+        return config_from_json(entry["config"]), _shipped_source(budget, used, entry)  # type: ignore[arg-type]
     doc, cfg = load_operating_point(spec)
     if doc.get("model") not in (None, model_id) or doc.get("scale") not in (None, scale):
         raise AmsrError(f"{spec}: operating point of {doc.get('model')} x{doc.get('scale')}, not {model_id} x{scale}")
     if cfg is None:
         raise AmsrError(f"{spec}: no setting fitted its budget (dense model)")
     return cfg, {"source": str(spec)}
+
+
+def shipped_default_or_dense(model_id: str, scale: int,
+                             budget_db: float = DEFAULT_BUDGET_DB) -> tuple[MaskConfig | None, dict[str, object]]:
+    """What a tool runs when no mask setting is asked for: the shipped default of ``model_id`` x``scale`` for
+    ``budget_db``, or ``None`` (the dense model) where none is calibrated or the default is dense; with the
+    source a report prints (``"reason"`` says why it is dense).
+
+    The raw in-network skip (``MaskConfig()``, d 1 without blend) is never a default: it costs 1–4 dB on the
+    pretrained CNNs (README §1) and drew a 4-px grid over flat areas of real photos (issue #13).
+    """
+    try:
+        used, entry = default_operating_point_entry(model_id, scale, budget_db)
+    except AmsrError:
+        return None, {"source": "dense", "reason": f"no calibrated operating point for {model_id} x{scale}"}
+    cfg = entry["config"]
+    if cfg is None:
+        return None, {"source": "dense", "budget_db": used,
+                      "reason": f"nothing within {used} dB saves compute for {model_id} x{scale}"}
+    return config_from_json(cfg), _shipped_source(budget_db, used, entry)  # type: ignore[arg-type]
+
+
+def _shipped_source(requested_db: float, used_db: float, entry: dict[str, object]) -> dict[str, object]:
+    return {"source": "shipped default", "requested_budget_db": requested_db, "budget_db": used_db,
+            "calibration": entry.get("calibration")}

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
-from amsr.mask import MaskConfig, MaskGenerator, dilate
+from amsr.errors import InputImageError, UnsupportedModelError
+from amsr.mask import MaskConfig, MaskGenerator, dilate, require_finite
 from amsr.sparse_conv import (
     ExecutionMode,
     MaskContext,
@@ -28,6 +28,7 @@ from amsr.sparse_conv import (
 from amsr.sparse_hit import MaskedHiTBlock
 from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
+from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules
 from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock
@@ -42,6 +43,8 @@ def match_modules(net: nn.Module, patterns: Iterable[str],
     ``fnmatch``'s ``*`` also matches dots, so ``layers.*.blocks.*`` names the blocks' children too; ``of_type``
     keeps only modules of that type (e.g. the Swin blocks themselves).
     """
+    if isinstance(patterns, str):  # one pattern, not its characters
+        patterns = (patterns,)
     names = [n for n, m in net.named_modules() if n and (of_type is None or isinstance(m, of_type))]
     selected: list[str] = []
     for pattern in patterns:
@@ -77,6 +80,40 @@ WINDOW_LAYERS: dict[type[nn.Module], type[MaskedWindowLayer]] = {
 }
 
 
+def parameter_dtype(net: nn.Module) -> torch.dtype:
+    """The dtype of ``net``'s first floating-point parameter (float32 for a network without any)."""
+    return next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+
+
+def check_sr_input(x: object, dtype: torch.dtype, channels: int | None = None, finite: bool = False) -> None:
+    """Refuse an input the network would fail on with a raw torch error, naming expected vs got.
+
+    Eager only (callers skip it under ``is_tracing()``, so exported graphs do not change): shape and dtype
+    are host-side attribute reads; ``finite`` adds one reduction over the LR input (and on a GPU one host
+    synchronisation, next to the one ``MaskedConv2d`` already makes for its indices). Another floating
+    dtype than the model's is refused rather than cast: a float64 input silently coming back float32 is the
+    kind of surprise the reference path must not have; the message says how to convert.
+
+    Raises:
+        InputImageError: not a tensor, not N×C×H×W, wrong channel count, dtype, empty, or (``finite``)
+            NaN/Inf values.
+    """
+    c = "C" if channels is None else str(channels)
+    if not isinstance(x, torch.Tensor):
+        raise InputImageError(f"expected a torch.Tensor N×{c}×H×W, got {type(x).__name__}")
+    if x.dim() != 4 or (channels is not None and x.shape[1] != channels):
+        hint = " (add the batch dimension: x[None])" if x.dim() == 3 else ""
+        raise InputImageError(f"expected an N×{c}×H×W tensor, got shape {tuple(x.shape)}{hint}")
+    if x.dtype != dtype:
+        how = f"x.to({dtype})" + (" / 255" if x.dtype == torch.uint8 else "")
+        raise InputImageError(f"expected {str(dtype).removeprefix('torch.')} pixels in [0, 1] (the model's "
+                              f"dtype), got {str(x.dtype).removeprefix('torch.')}: pass {how}")
+    if x.numel() == 0:
+        raise InputImageError(f"expected a non-empty tensor, got shape {tuple(x.shape)}")
+    if finite and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):  # no sync inside a capture
+        require_finite(x)
+
+
 def _replace(net: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = net.get_submodule(parent_name) if parent_name else net
@@ -96,7 +133,13 @@ class AcceleratedSR(nn.Module):
     not MATLAB's imresize). ``last_output_mask`` keeps ``m_out`` (LR size; ``None`` without a blend).
     Tail convs wrapped as ``TailMaskedConv`` (``tail`` of ``accelerate``) then run only where they can reach
     a kept SR pixel; an unwrapped tail runs densely and is counted in full by ``amsr.cost``.
+
+    ``forward`` refuses (``InputImageError``, eager only) a non-4-D input, another dtype than the network's
+    parameters, and NaN/Inf values, which would otherwise zero the whole image's mask (``require_finite``).
+    ``check_inputs = False`` leaves that to an outer wrapper that already checked (``LoadedModel.accelerated``).
     """
+
+    check_inputs: bool = True  # class default: also for instances pickled before the attribute existed
 
     def __init__(self, net: nn.Module, config: MaskConfig, context: MaskContext,
                  tail_context: TailContext | None = None) -> None:
@@ -117,6 +160,8 @@ class AcceleratedSR(nn.Module):
                 output_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (N×1×H×W, 0/1) replaces the generated network mask, ``output_mask`` the blend's mask
         (only used with ``config.output_dilation`` set): for tests and for callers with their own."""
+        if self.check_inputs and not is_tracing():
+            check_sr_input(x, parameter_dtype(self.net), finite=True)
         d_out = self.config.output_dilation
         if d_out is None:
             self.last_output_mask = None
@@ -179,7 +224,7 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
     Args:
         net: the network (forward: N×3×H×W RGB [0, 1] → SR). Copied unless ``inplace``.
         rules: the architecture's ``SparseRules`` (``convs``: body 3×3 convs; ``windows``: Swin blocks), or
-            ``fnmatch`` patterns naming the body 3×3 convs.
+            ``fnmatch`` patterns naming the body 3×3 convs (a list, or one pattern as a string).
         config: mask settings (blur, dilation, window threshold, …); defaults to ``MaskConfig()``.
         mode: ``"sparse"`` computes only masked-in pixels / selected windows; ``"dense"`` is the reference path.
         tail: (conv name, resolution factor vs LR) of the tail convs in execution order (``amsr.sparse_tail``
@@ -191,6 +236,8 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
     """
     if isinstance(rules, SparseRules):
         conv_patterns, window_patterns = rules.convs, rules.windows
+    elif isinstance(rules, str):  # one pattern: iterating it would give one pattern per character
+        conv_patterns, window_patterns = (rules,), ()
     else:
         conv_patterns, window_patterns = tuple(rules), ()
     if not conv_patterns and not window_patterns:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from amsr import paths
 from amsr.errors import CheckpointError
-from amsr.files import atomic_path
-from amsr.zoo.descriptor import WeightFile
+from amsr.files import atomic_path, check_writable
+from amsr.zoo.descriptor import Architecture, WeightFile
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
 def download(wf: WeightFile, dest: Path, timeout: float = 60.0) -> Path:
     """Download ``wf.url`` to ``dest`` atomically, verifying ``wf.sha256`` (skipped when it is unknown)."""
+    check_writable(dest, "checkpoint cache")  # before the download, not after it
     log.info("downloading %s from %s", wf.filename, wf.url)
     try:
         with atomic_path(dest) as tmp:
@@ -68,3 +69,21 @@ def resolve_weights(wf: WeightFile, weights: str | os.PathLike[str] | None = Non
         looked = ", ".join(str(c.parent) for c in candidates)
         raise CheckpointError(f"{wf.filename} not found (looked in {looked}); get it from {wf.url}")
     return download(wf, candidates[1])
+
+
+def check_official_scale(arch: Architecture, path: str | os.PathLike[str], scale: int) -> None:
+    """``CheckpointError`` when ``path`` is, byte for byte (sha256), the official ``arch`` file of another scale.
+
+    Some architectures cannot tell their scale from the weights (FSRCNN's transposed-conv stride and PAN's
+    interpolation factor are not weights: an FSRCNN x2 file ran at x4 scored 10.8 dB with exit 0). The known
+    checksums name the scale of every official file; a multi-scale file (CARN-M: one sha256 for x2/x3/x4) and
+    unpublished checksums never refuse. Hashes only when another scale has a checksum of its own.
+    """
+    own = {w.sha256 for w in arch.weights if w.scale == scale and w.sha256}
+    others = {w.sha256: w for w in arch.weights if w.scale != scale and w.sha256 and w.sha256 not in own}
+    if not others:
+        return
+    match = others.get(sha256_of(path))
+    if match is not None:
+        raise CheckpointError(f"{path} is the official {arch.id} x{match.scale} checkpoint ({match.filename}), "
+                              f"not x{scale}: pass the x{scale} file or --scale {match.scale}")

@@ -303,6 +303,25 @@ def _mask_tensor(graph: gs.Graph) -> gs.Variable:
     return t
 
 
+def mask_tensors(graph: gs.Graph) -> list[gs.Variable]:
+    """Every whole-image mask the graph computes from ``lr``: ``mask`` and, with an output blend, ``mask/output``.
+
+    Both are 2-means decisions over the whole image, so a tiled run must take both from the whole image: a tile
+    that recomputes either one thresholds its own content (issue #13: the blend mask recomputed per 512-px tile
+    left 41.4 dB against dense on a 640×400 photo, 52.0 dB untiled).
+    """
+    tensors = [_mask_tensor(graph)]
+    output = graph.tensors().get(OUTPUT_MASK_TENSOR)
+    if output is not None:
+        tensors.append(output)
+    return tensors
+
+
+def mask_names(graph: gs.Graph) -> list[str]:
+    """The names of ``mask_tensors`` (``["mask"]`` or ``["mask", "mask/output"]``)."""
+    return [t.name for t in mask_tensors(graph)]
+
+
 def expose_mask_output(graph: gs.Graph) -> gs.Graph:
     """Add the ``mask`` tensor (N×1×H×W float32, 0/1) as a second graph output (no-op if it is one already)."""
     import numpy as np
@@ -315,32 +334,36 @@ def expose_mask_output(graph: gs.Graph) -> gs.Graph:
 
 
 def extract_mask_subgraph(graph: gs.Graph) -> gs.Graph:
-    """Keep only what computes ``mask`` from ``lr``: the mask-only graph, cut out of an accelerated export."""
+    """Keep only what computes the masks from ``lr``: the mask-only graph, cut out of an accelerated export.
+
+    Outputs ``mask`` and, for an output-blend graph, ``mask/output`` (``mask_tensors``).
+    """
     import numpy as np
 
-    t = _mask_tensor(graph)
-    t.dtype = np.float32
-    graph.outputs = [t]
+    masks = mask_tensors(graph)
+    for t in masks:
+        t.dtype = np.float32
+    graph.outputs = masks
     return graph.cleanup().toposort()
 
 
 def mask_as_input(graph: gs.Graph) -> gs.Graph:
-    """Make ``mask`` a second graph input (N×1×H×W float32, 0/1) and drop the generator that computed it.
+    """Make every mask (``mask_tensors``: N×1×H×W float32, 0/1) a graph input and drop what computed them.
 
-    The result runs the sparse network under a mask computed elsewhere, e.g. once for a whole image and
-    cropped per tile. Only for graphs whose mask has the input's H×W (no padding before the generator).
+    The result runs the sparse network under masks computed elsewhere, e.g. once for a whole image and
+    cropped per tile. Only for graphs whose masks have the input's H×W (no padding before the generator).
     """
     import numpy as np
 
-    t = _mask_tensor(graph)
     lr = graph.inputs[0]
-    if t.shape is not None and lr.shape is not None and list(t.shape[2:]) != list(lr.shape[2:]):
-        raise ExportError(f"mask is {t.shape} but the input is {lr.shape}: the mask is computed on a padded "
-                          "input and cannot be supplied per tile")
-    t.inputs.clear()
-    t.dtype = np.float32
-    t.shape = [lr.shape[0] if lr.shape else "N", 1, *(lr.shape[2:] if lr.shape else ["H", "W"])]
-    graph.inputs.append(t)
+    for t in mask_tensors(graph):
+        if t.shape is not None and lr.shape is not None and list(t.shape[2:]) != list(lr.shape[2:]):
+            raise ExportError(f"{t.name} is {t.shape} but the input is {lr.shape}: the mask is computed on a "
+                              "padded input and cannot be supplied per tile")
+        t.inputs.clear()
+        t.dtype = np.float32
+        t.shape = [lr.shape[0] if lr.shape else "N", 1, *(lr.shape[2:] if lr.shape else ["H", "W"])]
+        graph.inputs.append(t)
     return graph.cleanup().toposort()
 
 

@@ -26,15 +26,15 @@ whose mask is computed after size padding (``amsr.mask_size`` = ``padded``) alwa
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
+from amsr.errors import AmsrError, BackendUnavailableError, CheckpointError, InputImageError, UnsupportedModelError
+from amsr.runtime.tiling import TileRun, crop_runner, run_tiled
 
 try:  # pure Python and shipped with the same extra as onnxruntime; onnxruntime itself is imported lazily
     from polygraphy import util as pg_util
@@ -126,11 +126,25 @@ class OrtSessionFromOnnx(BaseLoader):
         return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
-def tile_bounds(size: int, tile: int) -> list[tuple[int, int]]:
-    """Split ``[0, size)`` into ``ceil(size / tile)`` contiguous spans of near-equal length (each ≤ ``tile``)."""
-    n = max(1, math.ceil(size / tile))
-    cuts = [round(i * size / n) for i in range(n + 1)]
-    return [(cuts[i], cuts[i + 1]) for i in range(n)]
+def _open_session(path: Path, providers: str | Sequence[str] | None, threads: int | None) -> Any:
+    """An ``OrtSessionFromOnnx`` session of ``path``; a file onnxruntime cannot load (empty, random bytes, an
+    invalid graph) is one ``CheckpointError`` line instead of onnxruntime's exception."""
+    try:
+        return OrtSessionFromOnnx(path, providers=providers, threads=threads)()
+    except AmsrError:
+        raise
+    except Exception as e:  # onnxruntime raises InvalidArgument, InvalidProtobuf, Fail, …: none share a base
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: onnxruntime cannot load it as a model ({type(e).__name__}: "
+                              f"{first[:200]})") from None
+
+
+def _spec(arg: Any) -> Any:
+    """An onnxruntime ``NodeArg`` as ``export.metadata.TensorSpec`` (``shape`` is None for an unknown rank)."""
+    from amsr.export.metadata import TensorSpec
+
+    shape = arg.shape
+    return TensorSpec(arg.name, None if shape is None else len(shape), arg.type == "tensor(float)")
 
 
 class OrtUpscaler:
@@ -143,26 +157,31 @@ class OrtUpscaler:
 
     Raises:
         BackendUnavailableError: onnxruntime (or polygraphy) missing, or a requested provider unavailable.
+        CheckpointError: no such file, a file onnxruntime cannot load, a graph without one N×C×H×W float32
+            input and output, or malformed ``amsr.*`` metadata.
     """
 
     def __init__(self, onnx_path: str | os.PathLike[str], providers: str | Sequence[str] | None = None,
                  threads: int | None = None) -> None:
+        from amsr.export.metadata import check_io, check_metadata, int_field
+
         self.path = Path(onnx_path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+            raise CheckpointError(f"ONNX model not found: {self.path}")
         import_onnxruntime()
         self._providers, self._threads = providers, threads
-        self.session = OrtSessionFromOnnx(self.path, providers=providers, threads=threads)()
+        self.session = _open_session(self.path, providers, threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        # One input, an N×C×H×W float32 output: a foreign graph is refused here, not by a traceback per image.
+        self.output_name = check_io([_spec(i) for i in inputs], [_spec(o) for o in outputs], str(self.path)).name
         self.input_name = inputs[0].name
-        names = [o.name for o in outputs]
-        self.output_name = "sr" if "sr" in names else names[0]
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, str] = dict(meta)
-        self.scale: int | None = int(meta["amsr.scale"]) if "amsr.scale" in meta else None
-        self.min_input_size = int(meta.get("amsr.min_input_size", "1"))
+        meta = check_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.metadata: dict[str, str] = meta
+        self.scale: int | None = int_field(meta, "amsr.scale", str(self.path))
+        self.min_input_size = int_field(meta, "amsr.min_input_size", str(self.path)) or 1
         self.accelerated = meta.get("amsr.kind") == "accelerated"
-        self.channels = inputs[0].shape[1] if isinstance(inputs[0].shape[1], int) else None
+        shape = inputs[0].shape or []  # None or [] when the graph does not say (rank unknown)
+        self.channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
         self._mask_session: Any = None  # built on first use from the same file (``mask``)
         self._masked_session: Any = None  # the network with ``mask`` as an input (global-mask tiling)
 
@@ -202,17 +221,23 @@ class OrtUpscaler:
                                   spin=spin)()
 
     def mask(self, x: np.ndarray) -> np.ndarray:
-        """The accelerated graph's mask of ``x``: N×1×H×W float32, 1 = computed (runs the mask stage only).
+        """The accelerated graph's network mask of ``x``: N×1×H×W float32, 1 = computed (runs the mask stage only).
 
         For a graph with ``amsr.mask_size`` = ``padded`` the mask has the padded input's size.
         """
+        return self.masks(x)["mask"]
+
+    def masks(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every whole-image mask of ``x`` the graph computes (``export.passes.mask_tensors``): ``mask`` and,
+        for an output-blend graph, ``mask/output``; each N×1×H×W float32."""
         if not self.accelerated:
             raise UnsupportedModelError(f"{self.path.name} is a dense graph: it has no mask")
         from amsr.export.passes import extract_mask_subgraph
 
         if self._mask_session is None:
             self._mask_session = self._derived_session(extract_mask_subgraph, spin=False)  # the tiles run next
-        return self._mask_session.run(["mask"], {self.input_name: self._check(x)})[0]
+        names = [o.name for o in self._mask_session.get_outputs()]
+        return dict(zip(names, self._mask_session.run(names, {self.input_name: self._check(x)}), strict=True))
 
     def upscale_tiled(self, x: np.ndarray, tile: int = 256, overlap: int = 16,
                       per_tile_mask: bool = False) -> np.ndarray:
@@ -226,51 +251,24 @@ class OrtUpscaler:
         if tile < 1 or overlap < 0:
             raise ValueError(f"tile must be ≥ 1 and overlap ≥ 0, got tile={tile}, overlap={overlap}")
         tile = max(tile, self.min_input_size)
-        _, _, h, w = x.shape
-        if h <= tile and w <= tile:
+        if max(x.shape[-2:]) <= tile:
             return self(x)
-        run = self._tile_runner(x, per_tile_mask)
-        out: np.ndarray | None = None
-        s = 0
-        for y0, y1 in tile_bounds(h, tile):
-            for x0, x1 in tile_bounds(w, tile):
-                ty0, ty1 = self._context(y0, y1, h, overlap)
-                tx0, tx1 = self._context(x0, x1, w, overlap)
-                sr = run(slice(ty0, ty1), slice(tx0, tx1))
-                if out is None:
-                    s = sr.shape[-1] // (tx1 - tx0)
-                    if sr.shape[-2] != s * (ty1 - ty0) or sr.shape[-1] != s * (tx1 - tx0):
-                        raise RuntimeError(f"output {sr.shape} is not an integer upscale of a "
-                                           f"{ty1 - ty0}×{tx1 - tx0} tile")
-                    out = np.empty((x.shape[0], sr.shape[1], h * s, w * s), dtype=sr.dtype)
-                out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[:, :, (y0 - ty0) * s:(y1 - ty0) * s,
-                                                              (x0 - tx0) * s:(x1 - tx0) * s]
-        assert out is not None
-        return out
+        return run_tiled(self._tile_runner(x, per_tile_mask), x.shape[-2:], tile, overlap, self.min_input_size)
 
-    def _tile_runner(self, x: np.ndarray, per_tile_mask: bool) -> Callable[[slice, slice], np.ndarray]:
+    def _tile_runner(self, x: np.ndarray, per_tile_mask: bool) -> TileRun:
         """A function that upscales the tile ``x[:, :, rows, cols]``, under the whole-image mask if it applies."""
         if self.accelerated and not per_tile_mask and self.metadata.get("amsr.mask_size") != "input":
             log.warning("%s computes its mask after padding the input: tiles use their own masks", self.path.name)
             per_tile_mask = True
         if not self.accelerated or per_tile_mask:
-            return lambda rows, cols: self(np.ascontiguousarray(x[:, :, rows, cols]))
+            return crop_runner(self, x)
 
         from amsr.export.passes import mask_as_input
 
-        mask = self.mask(x)
+        masks = self.masks(x)  # all of them: a tile must not threshold its own content (``masks``)
         if self._masked_session is None:
             self._masked_session = self._derived_session(mask_as_input)
         session = self._masked_session
         return lambda rows, cols: session.run([self.output_name], {
             self.input_name: np.ascontiguousarray(x[:, :, rows, cols]),
-            "mask": np.ascontiguousarray(mask[:, :, rows, cols])})[0]
-
-    def _context(self, a: int, b: int, size: int, overlap: int) -> tuple[int, int]:
-        """``[a, b)`` widened by ``overlap`` on each side within the image, and at least the model's minimum."""
-        lo, hi = max(0, a - overlap), min(size, b + overlap)
-        short = self.min_input_size - (hi - lo)
-        if short > 0:  # a thin border tile: borrow more context so the model accepts it
-            lo = max(0, lo - short)
-            hi = min(size, lo + self.min_input_size)
-        return lo, hi
+            **{name: np.ascontiguousarray(m[:, :, rows, cols]) for name, m in masks.items()}})[0]

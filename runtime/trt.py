@@ -3,7 +3,8 @@
 ``build_engine(onnx_path, out_engine, config)`` composes ``NetworkFromOnnxPath`` → ``CreateConfig`` (one
 optimization profile for ``lr``, fp16 opt-in, workspace limit, timing cache beside the engine) →
 ``EngineBytesFromNetwork`` and writes the engine atomically with a JSON sidecar (``<engine>.json``) holding
-what the engine is only valid for: TensorRT version, GPU name, ONNX sha256, shapes, precision, amsr version.
+what the engine is only valid for: TensorRT version, GPU name, ONNX sha256, shapes, precision, amsr version,
+and the engine file's own sha256 (an engine swapped under an unchanged sidecar is refused).
 ``load_engine`` refuses an engine whose sidecar does not match the current TensorRT, GPU or ONNX file
 (``EngineMismatchError``): a TensorRT engine is tied to the TensorRT build and GPU it was made on.
 ``engine_cache_key`` names an engine after all of these (vs-mlrt's rule).
@@ -170,13 +171,29 @@ def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
     return Path(str(engine_path) + SIDECAR_SUFFIX)
 
 
-def make_sidecar(onnx_path: Path, config: BuildConfig, trt_version: str, gpu: str) -> dict[str, Any]:
-    """The sidecar record of an engine built from ``onnx_path`` with ``config``."""
+def make_sidecar(onnx_path: Path, config: BuildConfig, trt_version: str, gpu: str,
+                 engine_sha256: str | None = None) -> dict[str, Any]:
+    """The sidecar record of an engine built from ``onnx_path`` with ``config``; ``engine_sha256``: the engine
+    bytes' sha256, checked on load (``check_engine_file``)."""
     digest = sha256_of(onnx_path)
     return {"amsr_version": _amsr_version(), "tensorrt_version": trt_version, "gpu_name": gpu,
             "onnx_sha256": digest, "onnx_file": onnx_path.name, "precision": config.precision,
             "config": config.as_json(), "cache_key": engine_cache_key(digest, config, trt_version, gpu),
-            "onnx_metadata": _onnx_metadata(onnx_path)}
+            "onnx_metadata": _onnx_metadata(onnx_path), "engine_sha256": engine_sha256}
+
+
+def check_engine_file(engine_path: str | os.PathLike[str], sidecar: dict[str, Any]) -> None:
+    """``EngineMismatchError`` unless the engine file is the one its sidecar was written for: an engine swapped or
+    truncated under an unchanged sidecar would otherwise be deserialized (or crash TensorRT) as if it matched.
+    A sidecar without ``engine_sha256`` (written before it was recorded) cannot vouch for its engine."""
+    recorded = sidecar.get("engine_sha256")
+    name = Path(engine_path).name
+    if not isinstance(recorded, str) or len(recorded) != 64:
+        raise EngineMismatchError(f"cached {name} cannot be used: its sidecar records no engine sha256 "
+                                  "(rebuild it with build_engine)")
+    if sha256_of(engine_path) != recorded:
+        raise EngineMismatchError(f"cached {name} cannot be used: the file's sha256 differs from the one its sidecar "
+                                  "recorded (swapped or damaged; rebuild it with build_engine)")
 
 
 def read_sidecar(engine_path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -267,7 +284,8 @@ def build_engine(onnx_path: str | os.PathLike[str], out_engine: str | os.PathLik
         data = build()
     except Exception as e:  # Polygraphy raises PolygraphyException for parser and builder failures
         raise BackendUnavailableError(f"TensorRT could not build {onnx_path.name}: {e}") from e
-    sidecar = make_sidecar(onnx_path, config, trt.__version__, gpu)
+    sidecar = make_sidecar(onnx_path, config, trt.__version__, gpu,
+                           engine_sha256=hashlib.sha256(bytes(data)).hexdigest())
     save_bytes(out_engine, bytes(data))
     save_bytes(sidecar_path(out_engine), json.dumps(sidecar, indent=2, sort_keys=True).encode())
     log.info("built %s engine %s (key %s) on %s", config.precision, out_engine, sidecar["cache_key"], gpu)
@@ -281,6 +299,7 @@ def load_engine(path: str | os.PathLike[str], onnx_path: str | os.PathLike[str] 
     if not path.is_file():
         raise FileNotFoundError(f"TensorRT engine not found: {path}")
     sidecar = read_sidecar(path)
+    check_engine_file(path, sidecar)
     trt = import_tensorrt()
     check_sidecar(sidecar, trt.__version__, gpu_name(), onnx_path=onnx_path, config=config, engine_name=path.name)
     if sidecar.get("onnx_metadata", {}).get("amsr.sparse_impl") == "plugin":
@@ -350,25 +369,26 @@ class TrtUpscaler:
         return np.array(self._runner.infer({self.input_name: x}, copy_outputs_to_host=True)[self.output_name])
 
     def upscale_tiled(self, x: np.ndarray, tile: int = 256, overlap: int = 16,
-                      per_tile_mask: bool = True) -> np.ndarray:
-        """``OrtUpscaler.upscale_tiled`` with tiles that fit the engine profile (per-tile masks, see class doc)."""
-        from amsr.runtime.onnxrt import OrtUpscaler
+                      per_tile_mask: bool = False) -> np.ndarray:
+        """Tiles that fit the engine profile, through the one tile loop (``runtime.tiling``).
 
+        Accelerated engines compute their masks inside the engine, so a tile would threshold its own content:
+        they tile only with ``per_tile_mask=True`` (opt-in, as for onnxruntime; the output differs from the
+        untiled one). Whole-image masks need the masks as engine inputs: not built.
+
+        Raises:
+            UnsupportedModelError: an accelerated engine without ``per_tile_mask=True``.
+        """
+        from amsr.runtime.tiling import crop_runner, run_tiled
+
+        x = self._check(x)
         if self.accelerated and not per_tile_mask:
-            raise UnsupportedModelError("TrtUpscaler tiles accelerated engines with per-tile masks only")
+            raise UnsupportedModelError("TensorRT engines of accelerated graphs tile only with per-tile masks "
+                                        "(per_tile_mask=True, which changes the output); build an engine whose "
+                                        "profile covers the whole image, or tile with onnxruntime")
         tile = min(tile, self.max_input_size - 2 * overlap)
         if tile < self.min_input_size:
             raise InputImageError(f"tile {tile} (with overlap {overlap}) does not fit the engine profile")
-        return OrtUpscaler.upscale_tiled(self, x, tile=tile, overlap=overlap, per_tile_mask=True)  # type: ignore[arg-type]
-
-
-
-def _bind_tiling() -> None:
-    """Borrow ``OrtUpscaler``'s tile loop helpers (pure functions of ``self(x)`` and the size attributes)."""
-    from amsr.runtime.onnxrt import OrtUpscaler
-
-    TrtUpscaler._tile_runner = OrtUpscaler._tile_runner  # type: ignore[assignment]
-    TrtUpscaler._context = OrtUpscaler._context  # type: ignore[attr-defined]
-
-
-_bind_tiling()
+        if max(x.shape[-2:]) <= tile:
+            return self(x)
+        return run_tiled(crop_runner(self, x), x.shape[-2:], tile, overlap, self.min_input_size)

@@ -44,6 +44,7 @@ from amsr.errors import InputImageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from amsr.cache_key import ExportKey
     from amsr.mask import MaskConfig
     from amsr.runtime.onnxrt import OrtUpscaler
 
@@ -146,7 +147,8 @@ class Upscaler:
             name, scale, variant, weights: as ``amsr.models.load_model``.
             dilation: mask dilation radius (shorthand that overrides ``mask.dilation``).
             accelerated: AMSR graph (``True``) or the dense network.
-            mask: mask settings of the accelerated graph (default ``MaskConfig()``).
+            mask: mask settings of the accelerated graph. Default (with ``dilation`` also unset): the shipped
+                0.05 dB operating point of ``name`` x``scale``, or the dense network where none is calibrated.
             cache_dir: where exported graphs are kept (default ``<amsr cache>/onnx``).
             opset: ONNX opset of the export; ``None`` = the exporter's default (``onnx_export.MIN_OPSET``).
             providers, threads, tile, overlap, per_tile_mask: see ``RunOptions``.
@@ -154,6 +156,14 @@ class Upscaler:
         Raises:
             UnsupportedModelError, CheckpointError: as ``load_model``. ExportError: the export failed.
         """
+        if accelerated and mask is None and dilation is None:
+            # No setting asked for: the shipped quality operating point, or the dense model where none is
+            # calibrated — never the raw skip (issue #13: a 4-px grid over the flat areas of photos).
+            from amsr.operating_point import shipped_default_or_dense
+
+            mask, source = shipped_default_or_dense(name, scale)
+            accelerated = mask is not None
+            log.info("%s x%d: %s", name, scale, "shipped default operating point" if accelerated else source["reason"])
         path = exported_model_path(name, scale, dilation=dilation, accelerated=accelerated, mask=mask,
                                    variant=variant, weights=weights, cache_dir=cache_dir, opset=opset)
         return cls.from_onnx(path, providers=providers, threads=threads, tile=tile, overlap=overlap,
@@ -258,19 +268,32 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
                         weights: str | os.PathLike[str] | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None) -> Path:
     """The cached ONNX export of a zoo model (``export_cache_path``), exported and verified against PyTorch on
-    first use. Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically."""
-    out, wpath, config, opset_used = _cache_entry(name, scale, dilation, accelerated, mask, variant, weights,
-                                                  cache_dir, opset)
-    if out.is_file():
-        log.info("using cached export %s", out)
-        return out
-    from amsr.export.onnx_export import export_onnx
-    from amsr.models import load_model
+    first use. Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically.
 
-    model = load_model(name, scale, weights=wpath, variant=variant)
-    module = model.accelerated(config) if accelerated else model.dense()
-    log.info("exporting %s x%d to %s", name, scale, out)
-    return export_onnx(module, out, opset=opset_used)
+    The entry is served only when its sidecar (``amsr.cache_key``) vouches for its bytes; a truncated or swapped
+    file is exported again. A cache folder that cannot be written is refused before the model is loaded.
+
+    Raises:
+        OutputPathError: the export is needed and the cache folder refuses new files.
+    """
+    from amsr.cache_key import cached_export, entry_problem
+    from amsr.files import check_writable
+
+    out, wpath, config, key = _cache_entry(name, scale, dilation, accelerated, mask, variant, weights, cache_dir,
+                                           opset)
+    if entry_problem(out, key) is not None:
+        check_writable(out, "export cache")
+
+    def export(dest: Path) -> None:
+        from amsr.export.onnx_export import export_onnx
+        from amsr.models import load_model
+
+        model = load_model(name, scale, weights=wpath, variant=variant)
+        module = model.accelerated(config) if accelerated else model.dense()
+        log.info("exporting %s x%d to %s", name, scale, dest)
+        export_onnx(module, dest, opset=key.opset)
+
+    return cached_export(out, key, export)
 
 
 def export_cache_path(name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
@@ -282,7 +305,8 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
     The file is named after everything that changes the graph, so a stale export is never reused:
     ``<name>[-<variant>]_x<scale>_<dense | amsr-d<dilation>-<hash of all mask settings>>_w<checkpoint
     sha256>_op<opset>_<hash of the torch, onnx, onnxscript versions and amsr's source>.onnx`` in ``cache_dir``
-    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``).
+    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``): ``amsr.cache_key.ExportKey.file_name``, the
+    scheme amsr-bench's cache uses too.
 
     Raises:
         UnsupportedModelError, CheckpointError: as ``load_model`` (the checkpoint is located and hashed).
@@ -292,12 +316,12 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
 
 def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool, mask: MaskConfig | None,
                  variant: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
-                 opset: int | None) -> tuple[Path, Path, MaskConfig, int]:
+                 opset: int | None) -> tuple[Path, Path, MaskConfig, ExportKey]:
     from amsr import paths
+    from amsr.cache_key import export_key
     from amsr.errors import AmsrError, UnsupportedModelError
-    from amsr.export.onnx_export import MIN_OPSET, toolchain_hash
     from amsr.mask import MaskConfig
-    from amsr.weights import resolve_weights, sha256_of
+    from amsr.weights import resolve_weights
     from amsr.zoo import get_architecture
 
     config = mask or MaskConfig()
@@ -306,7 +330,6 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
             config = replace(config, dilation=dilation)
         except ValueError as e:
             raise AmsrError(str(e)) from None
-    opset = MIN_OPSET if opset is None else opset
     arch = get_architecture(name)
     if scale not in arch.scales:
         raise UnsupportedModelError(f"{name} has no x{scale} model (scales: {', '.join(map(str, arch.scales))})")
@@ -314,10 +337,6 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
         wpath = resolve_weights(arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else "")))
     else:
         wpath = resolve_weights(arch.weights[0], weights)
-    kind = "dense"
-    if accelerated:
-        kind = f"amsr-d{config.dilation}-{config.digest()}"
-    stem = (f"{name}{'-' + variant if variant else ''}_x{scale}_{kind}_w{sha256_of(wpath)[:12]}"
-            f"_op{opset}_{toolchain_hash()}")
+    key = export_key(name, scale, wpath, config if accelerated else None, variant=variant, opset=opset)
     folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "onnx"
-    return folder / f"{stem}.onnx", wpath, config, opset
+    return folder / key.file_name, wpath, config, key

@@ -12,9 +12,11 @@ from amsr.cli.common import (
     add_model_args,
     add_operating_point_arg,
     config_and_source,
+    describe_settings,
     run_main,
     write_json,
 )
+from amsr.errors import AmsrError
 from amsr.models import load_model
 from amsr.sparse_tiles import DEFAULT_TILE
 
@@ -40,15 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median per image; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--cache", type=Path, default=None, help="folder for exported graphs (default ~/.cache/amsr/bench)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="folder for exported graphs (default $AMSR_CACHE_DIR/bench, else ~/.cache/amsr/bench)")
     p.add_argument("--no-profile", action="store_true", help="skip the onnxruntime per-node profile")
     p.add_argument("--json", type=Path, help="write the report here (atomically)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` and the export cache (onnxruntime backend) must be writable before anything is measured."""
+    from amsr.bench import default_cache
+    from amsr.files import check_writable, check_writable_dir
+
+    if args.json:
+        check_writable(args.json, "--json")
+    if args.backend == "onnxruntime":
+        what = "--cache" if args.cache else "export cache ($AMSR_CACHE_DIR)"
+        check_writable_dir(args.cache or default_cache(), what)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     config, source = config_and_source(args)
+    if config is None:
+        raise AmsrError(f"{args.model} x{args.scale}: {describe_settings(config, source)}; nothing to compare: "
+                        "give mask options or --operating-point FILE")
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=config,
                   device=args.device, operating_point=source, sparse_tail=not args.dense_tail,

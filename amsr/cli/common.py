@@ -14,6 +14,8 @@ from amsr.files import save_bytes
 from amsr.mask import MaskConfig
 from amsr.zoo import architecture_names
 
+log = logging.getLogger("amsr.cli")
+
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
@@ -25,46 +27,96 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_mask_args(p: argparse.ArgumentParser) -> None:
+    """The mask options. Each defaults to ``None`` (not given), so that ``config_and_source`` can tell a command
+    line that names no setting, which runs the shipped quality operating point, from one that asks for one."""
     d = MaskConfig()
-    g = p.add_argument_group("mask")
-    g.add_argument("--dilation", type=int, default=d.dilation, help=f"mask dilation radius in LR px (default {d.dilation})")
-    g.add_argument("--blur-size", type=int, default=d.blur_size, help=f"Gaussian kernel size (default {d.blur_size})")
-    g.add_argument("--blur-sigma", type=float, default=d.blur_sigma, help=f"Gaussian sigma (default {d.blur_sigma})")
-    g.add_argument("--window-threshold", type=float, default=d.window_threshold,
+    g = p.add_argument_group("mask (give none of these to run the shipped 0.05 dB operating point)")
+    g.add_argument("--dilation", type=int, help=f"network mask dilation radius d_net in LR px ({d.dilation} when "
+                                                "another mask option is given)")
+    g.add_argument("--blur-size", type=int, help=f"Gaussian kernel size ({d.blur_size})")
+    g.add_argument("--blur-sigma", type=float, help=f"Gaussian sigma ({d.blur_sigma})")
+    g.add_argument("--window-threshold", type=float,
                    help="transformer blocks compute a window when its mean mask is ≥ this "
-                        f"(0: all windows; default {d.window_threshold})")
-    g.add_argument("--output-dilation", type=int, default=d.output_dilation, metavar="D_OUT",
+                        f"(0: all windows; {d.window_threshold})")
+    g.add_argument("--output-dilation", type=int, metavar="D_OUT",
                    help="output blend: network output where the mask dilated by D_OUT (≤ --dilation) is 1, "
-                        "torch bicubic elsewhere (default: no blend)")
+                        "bicubic elsewhere. Without it the in-network skip alone is used, which is lossy on "
+                        "pretrained checkpoints (README §1)")
+
+
+_MASK_OPTIONS = ("dilation", "blur_size", "blur_sigma", "window_threshold", "output_dilation")
+
+
+def mask_options_given(args: argparse.Namespace) -> list[str]:
+    """The mask options a command line sets explicitly, as ``--flag`` names."""
+    return ["--" + k.replace("_", "-") for k in _MASK_OPTIONS if getattr(args, k, None) is not None]
 
 
 def mask_config_from(args: argparse.Namespace) -> MaskConfig:
+    """The mask options as a ``MaskConfig`` (``MaskConfig``'s defaults for those not given)."""
+    given = {k: getattr(args, k) for k in _MASK_OPTIONS if getattr(args, k, None) is not None}
     try:
-        return MaskConfig(blur_size=args.blur_size, blur_sigma=args.blur_sigma, dilation=args.dilation,
-                          window_threshold=args.window_threshold,
-                          output_dilation=getattr(args, "output_dilation", None))
-    except ValueError as e:
+        return MaskConfig(**given)
+    except (TypeError, ValueError) as e:
         raise AmsrError(str(e)) from None
 
 
 OPERATING_POINT_HELP = ("mask settings from amsr-calibrate --json FILE, or 'default' / 'default:DB': the shipped "
                         "default of --model at --scale (calibrated on T91+BSD200) for a budget of DB dB mean Y-PSNR "
-                        "loss (default 0.05; the largest shipped budget ≤ DB is used: 0.05 or 0.1); replaces the "
-                        "mask options. A file named 'default' is ./default")
+                        "loss (0.05 when DB is omitted; the largest shipped budget ≤ DB is used: 0.05 or 0.1). "
+                        "Without this and without mask options the 0.05 dB default runs (or the dense model where "
+                        "none is calibrated). Write ./default for a file named default")
+
+RAW_SKIP_WARNING = ("the in-network skip without --output-dilation is lossy on pretrained checkpoints (CARN-M x4 "
+                    "Set5, --dilation 1: -3.86 dB; README §1): add --output-dilation, or use --operating-point "
+                    "default")
 
 
 def add_operating_point_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--operating-point", metavar="FILE|default[:DB]", help=OPERATING_POINT_HELP)
 
 
-def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig, dict[str, object] | None]:
-    """The mask settings of a command line: ``--operating-point`` when given, else the mask options; and
-    where they came from (``None``: the mask options)."""
-    if getattr(args, "operating_point", None) is None:
-        return mask_config_from(args), None
-    from amsr.operating_point import resolve_operating_point
+def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict[str, object] | None]:
+    """The mask settings of a command line and where they came from.
 
-    return resolve_operating_point(args.operating_point, args.model, args.scale)
+    - ``--operating-point`` → its settings and source;
+    - mask options → those settings and ``None`` (a one-line warning when they are the lossy raw skip);
+    - neither → the shipped default for ``--model`` x``--scale`` at the 0.05 dB budget, or ``(None, source)``
+      where none is calibrated or the default is the dense model: run the dense network.
+
+    Raises:
+        AmsrError: both ``--operating-point`` and mask options; a bad operating point or bad settings.
+    """
+    given = mask_options_given(args)
+    if getattr(args, "operating_point", None) is not None:
+        if given:
+            raise AmsrError(f"--operating-point replaces the mask options: drop {', '.join(given)}")
+        from amsr.operating_point import resolve_operating_point
+
+        return resolve_operating_point(args.operating_point, args.model, args.scale)
+    if given:
+        config = mask_config_from(args)
+        if config.output_dilation is None:
+            log.warning("warning: %s", RAW_SKIP_WARNING)
+        return config, None
+    if getattr(args, "model", None) is None:
+        return MaskConfig(), None
+    from amsr.operating_point import shipped_default_or_dense
+
+    return shipped_default_or_dense(args.model, args.scale)
+
+
+def describe_settings(config: MaskConfig | None, source: dict[str, object] | None) -> str:
+    """One line for a report: which settings ran and where they came from."""
+    if config is None:
+        return f"dense model ({(source or {}).get('reason', 'no mask')})"
+    parts = [f"d_net {config.dilation}"]
+    parts.append("no blend (raw skip)" if config.output_dilation is None else f"d_out {config.output_dilation}")
+    parts.append(f"window threshold {config.window_threshold:g}")
+    where = "mask options" if source is None else str(source.get("source", "operating point"))
+    if source is not None and "budget_db" in source:
+        where += f", {source['budget_db']} dB budget"
+    return f"{', '.join(parts)} ({where})"
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -78,6 +130,7 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argpa
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format=f"{prog}: %(message)s")
+    exit_on_sigterm()
     try:
         return body(args)
     except AmsrError as e:
@@ -86,3 +139,21 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argpa
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit(143)`` (128 + 15, the shell's code for it) so that ``finally`` blocks and
+    ``amsr.files.atomic_path`` remove their temporary ``.part`` files; the default action kills the process with
+    them left behind. Only from the main thread (the only one Python delivers signals to) and only over the
+    default handler, so a host that installed its own (Ray, a server) keeps it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

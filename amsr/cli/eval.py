@@ -18,12 +18,14 @@ from amsr.cli.common import (
     add_mask_args,
     add_model_args,
     config_and_source,
-    mask_config_from,
+    describe_settings,
     run_main,
     write_json,
 )
 from amsr.errors import AmsrError
 from amsr.evaluate import EvalReport, evaluate, find_pairs
+from amsr.files import check_writable
+from amsr.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
 from amsr.operating_point import parse_budget
 
@@ -68,20 +70,19 @@ def format_table(r: EvalReport) -> str:
 
 def _onnx_identity(args: argparse.Namespace) -> None:
     """Fill --model/--scale/--variant and the mask settings from an exported file's metadata."""
-    import json
-
-    from amsr.export.metadata import read_metadata
-    from amsr.mask import MaskConfig
+    from amsr.export.metadata import int_field, mask_config_field, read_metadata
 
     if args.onnx is None or not args.onnx.is_file():
         raise AmsrError("--backend onnxruntime needs --onnx FILE (an amsr-export output)")
-    meta = read_metadata(args.onnx)
+    meta = read_metadata(args.onnx)  # validated: a malformed amsr.* value is one CheckpointError line
     args.model = args.model or meta.get("amsr.model")
-    args.scale = args.scale or (int(meta["amsr.scale"]) if "amsr.scale" in meta else None)
+    args.scale = args.scale or int_field(meta, "amsr.scale", str(args.onnx))
     args.variant = args.variant or meta.get("amsr.variant", "")
     if meta.get("amsr.kind") != "accelerated":
         raise AmsrError(f"{args.onnx}: not an accelerated export (kind {meta.get('amsr.kind')!r})")
-    args.onnx_config = MaskConfig(**json.loads(meta["amsr.mask_config"]))
+    args.onnx_config = mask_config_field(meta, str(args.onnx))
+    if args.onnx_config is None:
+        raise AmsrError(f"{args.onnx}: an accelerated export without amsr.mask_config metadata")
 
 
 class _OrtScored(torch.nn.Module):
@@ -101,12 +102,14 @@ class _OrtScored(torch.nn.Module):
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.json:  # before the evaluation, so that its results are never computed for nowhere
+        check_writable(args.json, "--json")
     pairs = find_pairs(args.data)
     if args.backend == "onnxruntime":
         _onnx_identity(args)
     if not args.model or not args.scale:
         raise AmsrError("--model and --scale are required (or --backend onnxruntime --onnx FILE)")
-    config = args.onnx_config if args.backend == "onnxruntime" else mask_config_from(args)
+    config: MaskConfig | None = args.onnx_config if args.backend == "onnxruntime" else None
     extra: dict[str, object] = {}
     if args.quality_budget is not None:
         budget = parse_budget(args.quality_budget)
@@ -118,9 +121,13 @@ def _run(args: argparse.Namespace) -> int:
         if op.config is None:
             raise AmsrError(f"no mask setting stays within {budget} dB on the calibration images: use the dense model")
         config = op.config
-    elif args.operating_point is not None:
+    elif config is None:
         config, source = config_and_source(args)
-        extra = {"operating_point": source}
+        if config is None:
+            raise AmsrError(f"{args.model} x{args.scale}: {describe_settings(config, source)}; nothing to "
+                            "compare: give mask options or --operating-point FILE")
+        if source is not None:
+            extra = {"operating_point": source}
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     acc = model.accelerated(config)
     inner = unwrap_accelerated(acc)

@@ -16,7 +16,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsr.cli.common import add_mask_args, add_model_args, add_operating_point_arg, config_and_source, run_main
+from amsr.cli.common import (
+    add_mask_args,
+    add_model_args,
+    add_operating_point_arg,
+    config_and_source,
+    describe_settings,
+    mask_options_given,
+    run_main,
+)
+from amsr.errors import AmsrError
+from amsr.mask import MaskConfig
 from amsr.models import load_model
 from amsr.weights import sha256_of
 
@@ -48,14 +58,20 @@ def _run(args: argparse.Namespace) -> int:
     from amsr.export.passes import export_mask_only
     from amsr.export.plugin_export import export_with_sparse_impl
 
+    _check_outputs(args)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
-    engine = args.out.suffix == ".engine"
+    engine = is_engine_path(args.out)
     onnx_path = args.out.with_suffix(".onnx") if engine else args.out
-    config, _ = config_and_source(args)
+    if args.dense and (mask_options_given(args) or args.operating_point):
+        raise AmsrError("--dense exports the network without a mask: drop the mask options / --operating-point")
+    config, source = (None, {"reason": "--dense"}) if args.dense else config_and_source(args)
+    if args.mask_only:
+        config = config or MaskConfig()  # a model whose default is dense: the generator at its own defaults
+    print(f"amsr-export: {args.model} x{args.scale}: {describe_settings(config, source)}", file=sys.stderr)
     if args.mask_only:
         export_mask_only(model.accelerated(config), onnx_path, opset=args.opset)
     else:
-        module = model.dense() if args.dense else model.accelerated(config)
+        module = model.dense() if config is None else model.accelerated(config)
         export_with_sparse_impl(module, onnx_path, sparse_impl=args.sparse_impl, opset=args.opset,
                                 verify=not args.no_verify)
     add_metadata(onnx_path, {"amsr.model": args.model, "amsr.variant": model.variant,
@@ -75,6 +91,28 @@ def _run(args: argparse.Namespace) -> int:
                      model_name=args.model)
         print(f"wrote {args.out}")
     return 0
+
+
+ENGINE_SUFFIXES = (".engine", ".plan")  # TensorRT's two customary names for a serialized engine
+
+
+def is_engine_path(out: Path) -> bool:
+    return out.suffix.lower() in ENGINE_SUFFIXES
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before the model is loaded, an ``--out`` of another type or one that cannot be written (an
+    existing directory, a path below a file, a read-only folder), and the same for ``--triton-repo``."""
+    from amsr.files import OutputPathError, check_writable, check_writable_dir
+
+    check_writable(args.out, "--out")
+    if args.out.suffix.lower() != ".onnx" and not is_engine_path(args.out):
+        raise OutputPathError(f"--out {args.out}: give a .onnx file, or .engine/.plan for a TensorRT engine "
+                              "(its .onnx is written beside it)")
+    if is_engine_path(args.out):
+        check_writable(args.out.with_suffix(".onnx"), "--out (the .onnx beside the engine)")
+    if args.triton_repo is not None:
+        check_writable_dir(args.triton_repo, "--triton-repo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

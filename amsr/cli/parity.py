@@ -51,6 +51,7 @@ def _reference(args: argparse.Namespace, meta: dict[str, str]):  # type: ignore[
                         "pass --model and --scale")
     model = load_model(name, scale, weights=args.weights,
                        variant=args.variant if args.variant is not None else meta.get("amsr.variant", ""))
+    _check_weights_sha(args, meta, model.weights)
     kind = meta.get("amsr.kind", "dense")
     if kind == "dense":
         return model.dense()
@@ -80,9 +81,12 @@ def _run(args: argparse.Namespace) -> int:
     from amsr.export.metadata import read_metadata
     from amsr.runtime.parity import check_parity_on_set
 
+    _check_outputs(args)
     if not args.onnx.is_file():
         raise AmsrError(f"{args.onnx}: no such file")
-    reference = _reference(args, read_metadata(args.onnx))
+    meta = read_metadata(args.onnx)
+    _check_data_scale(args, meta)
+    reference = _reference(args, meta)
     if args.trt is not None:
         result = _engine_parity(reference, args)
     else:
@@ -105,6 +109,54 @@ def _run(args: argparse.Namespace) -> int:
                                            "mask_mismatch_pixels": int(r.mask_mismatch_pixels),
                                            "psnr_diff": num(r.psnr_diff)} for r in result.rows]})
     return 0 if result.passed else 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` must be writable before the (minutes long) comparison runs, not after it."""
+    from amsr.files import check_writable
+
+    if args.json:
+        check_writable(args.json, "--json")
+
+
+def _check_weights_sha(args: argparse.Namespace, meta: dict[str, str], weights: Path) -> None:
+    """Refuse a reference built from another checkpoint than the one the file records: its outputs differ by
+    design, so the verdict would say nothing about the export. Skipped when ``--model`` names another model
+    (the recorded checksum is not about it) or the file records none (not written by amsr-export)."""
+    from amsr.errors import CheckpointError
+    from amsr.weights import sha256_of
+
+    recorded = meta.get("amsr.weights_sha256")
+    if not recorded or (args.model and args.model != meta.get("amsr.model")):
+        return
+    got = sha256_of(weights)
+    if got != recorded:
+        raise CheckpointError(f"{weights} (sha256 {got[:12]}…) is not the checkpoint {args.onnx.name} was exported "
+                              f"from (sha256 {recorded[:12]}…): pass that file with --weights")
+
+
+def _check_data_scale(args: argparse.Namespace, meta: dict[str, str]) -> None:
+    """Refuse HR/LR pairs of another scale than the graph's before anything runs (a wrong-scale set ran 86 s
+    and ended in a traceback). Reads image headers only; pairs it cannot read are left to the run to report."""
+    from PIL import Image
+
+    from amsr.export.metadata import int_field
+    from amsr.images import list_images
+
+    scale = args.scale or int_field(meta, "amsr.scale", str(args.onnx))
+    lr_dir, hr_dir = Path(args.data) / "LR", Path(args.data) / "HR"
+    if scale is None or not lr_dir.is_dir() or not hr_dir.is_dir():
+        return
+    for lr in list_images(lr_dir):
+        hr = hr_dir / lr.name
+        try:
+            with Image.open(lr) as a, Image.open(hr) as b:
+                (w, h), (W, H) = a.size, b.size
+        except (OSError, ValueError):
+            continue
+        if (W, H) != (w * scale, h * scale):
+            raise AmsrError(f"{args.data}: {lr.name} is {w}×{h} in LR/ and {W}×{H} in HR/, not x{scale} as "
+                            f"{args.onnx.name} upscales (data of another scale?)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

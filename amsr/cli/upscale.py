@@ -23,7 +23,8 @@ from amsr.cli.common import (
     add_model_args,
     add_operating_point_arg,
     config_and_source,
-    mask_config_from,
+    describe_settings,
+    mask_options_given,
     run_main,
 )
 from amsr.errors import AmsrError
@@ -85,12 +86,13 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < (0 if name in ("tile", "overlap") else 1):
             p.error(f"--{name} must be ≥ {0 if name in ('tile', 'overlap') else 1}, got {value}")
+    from amsr.files import check_writable_dir
+
+    check_writable_dir(args.out, "--out")  # an existing file or a read-only folder: refused before any image runs
 
 
 def _mask_args_changed(args: argparse.Namespace) -> bool:
-    from amsr.mask import MaskConfig
-
-    return args.operating_point is not None or mask_config_from(args) != MaskConfig()
+    return args.operating_point is not None or bool(mask_options_given(args))
 
 
 def _providers(spec: str) -> str | tuple[str, ...] | None:
@@ -109,9 +111,12 @@ def _onnx_path(args: argparse.Namespace) -> Path:
         return args.onnx
     from amsr.runtime.upscaler import export_cache_path, exported_model_path
 
+    config, source = (None, {"reason": "--dense"}) if args.dense else config_and_source(args)
+    print(f"{PROG}: {args.model} x{args.scale}: {describe_settings(config, source)}", file=sys.stderr)
+
     def entry(fn: Callable[..., Path]) -> Path:
-        return fn(args.model, args.scale, accelerated=not args.dense, mask=config_and_source(args)[0],
-                  variant=args.variant, weights=args.weights)
+        return fn(args.model, args.scale, accelerated=config is not None, mask=config, variant=args.variant,
+                  weights=args.weights)
 
     if not entry(export_cache_path).is_file():
         print(f"{PROG}: exporting {args.model} x{args.scale} to ONNX (once; cached under {paths.cache_dir()})",

@@ -2,14 +2,15 @@
 
 The files are not on that repository's master branch: they were added in pull request #6 (commit
 ``597b52f``), which GitHub still serves by commit; the README's Dropbox links are the author's copies.
-The files do not record their scale (the transposed conv's stride is not a weight), so ``build`` trusts
-the scale it is given.
+The files do not record their scale (the transposed conv's stride is not a weight), so ``build`` probes it:
+a flat grey image must come out as bright as it went in (``flat_gain``).
 """
 
 from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 from amsr.checkpoint import load_strict
@@ -45,7 +46,47 @@ def build(sd: StateDict, scale: int) -> nn.Module:
     last = max((int(m.group(1)) for k in sd if (m := re.match(r"mid_part\.(\d+)\.", k))), default=3)
     net = FSRCNN(scale=scale, channels=1, d=d, s=shrink, m=max((last - 3) // 2, 0))
     load_strict(net, sd, "FSRCNN checkpoint")
+    _check_trained_scale(sd, net, scale)
     return LumaSR(net, scale).eval()
+
+
+# The last layer is a transposed conv: each LR pixel adds its 9×9 kernel with stride s. Trained at stride t, the
+# kernel's taps sum to ≈ t², so run at stride s a flat image comes out ≈ (t/s)² as bright. Official files at
+# Y = 0.5: gain 1.000–1.002 at their own scale, 0.40–0.61 or 1.51–2.97 at the other two (x2/x3/x4, all six
+# pairs): a tolerance of 0.1 leaves a 4× margin on both sides. Cost: one 24×24 forward (~5 ms).
+_PROBE_Y = 0.5
+_PROBE_LR = 24
+_PROBE_MARGIN = 6  # LR px cropped per side: the 5×5 head and 9×9 tail see the zero padding there
+_GAIN_TOL = 0.1
+
+
+@torch.no_grad()
+def flat_gain(net: FSRCNN) -> float:
+    """Mean output / input of ``net`` on a flat ``_PROBE_Y`` image, away from the borders."""
+    s = net.last_part.stride[0]
+    y = net.eval()(torch.full((1, 1, _PROBE_LR, _PROBE_LR), _PROBE_Y))
+    m = _PROBE_MARGIN * s
+    return float(y[..., m:-m, m:-m].mean()) / _PROBE_Y
+
+
+def _check_trained_scale(sd: StateDict, net: FSRCNN, scale: int) -> None:
+    """``CheckpointError`` when ``net`` (``sd`` loaded at ``scale``) fails the flat-image probe and another scale
+    passes it: positive evidence of the scale the file was trained for, not a guess."""
+    gain = flat_gain(net)
+    if abs(gain - 1.0) <= _GAIN_TOL:
+        return
+    fits = []
+    for other in (2, 3, 4):
+        if other != scale:
+            trial = FSRCNN(scale=other, channels=1, d=net.first_part[0].out_channels,
+                           s=net.mid_part[0].out_channels, m=(len(net.mid_part) - 4) // 2)
+            trial.load_state_dict(sd, strict=True)
+            if abs(flat_gain(trial) - 1.0) <= _GAIN_TOL:
+                fits.append(other)
+    if not fits:  # passes at no scale (untrained, or an unusual fine-tune): nothing tells its scale
+        return
+    raise CheckpointError(f"this FSRCNN checkpoint upscales x{fits[0]}, not x{scale} (a flat grey image comes out "
+                          f"{gain:.2f}× as bright at x{scale}, unchanged at x{fits[0]})")
 
 
 ARCH = Architecture(

@@ -16,7 +16,8 @@ pytest.importorskip("polygraphy", reason="the ONNX runtime helpers need polygrap
 from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
 from amsr.images import read_rgb8, to_tensor, to_uint8
 from amsr.metrics import psnr_y
-from amsr.runtime.onnxrt import OrtUpscaler, import_onnxruntime, resolve_providers, tile_bounds
+from amsr.runtime.onnxrt import OrtUpscaler, import_onnxruntime, resolve_providers
+from amsr.runtime.tiling import tile_bounds
 from tests.conftest import weight_file
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"

@@ -128,7 +128,7 @@ def _fake_engine(tmp_path: Path, trt: str = "10.3.0", gpu: str = "NVIDIA H100") 
     onnx_path = _tiny_onnx(tmp_path / "m.onnx")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not a real engine")
-    sidecar = make_sidecar(onnx_path, BuildConfig(), trt, gpu)
+    sidecar = make_sidecar(onnx_path, BuildConfig(), trt, gpu, engine_sha256=trt_mod.sha256_of(engine))
     sidecar_path(engine).write_text(json.dumps(sidecar))
     return onnx_path, engine
 
@@ -218,15 +218,15 @@ def test_engine_matches_pytorch(kind: str, fp16: bool, carn_weights: Path, tmp_p
               enumerate([(64, 64), (17, 23)])]
     result = compare_engine_with_torch(model, engine, inputs, onnx_path=onnx_path)
     assert result.passed, result.summary()
-    assert TrtUpscaler(engine).upscale_tiled(np.random.default_rng(9).random((1, 3, 200, 150), dtype=np.float32),
-                                             tile=64).shape == (1, 3, 800, 600)
+    big = np.random.default_rng(9).random((1, 3, 200, 150), dtype=np.float32)
+    assert TrtUpscaler(engine).upscale_tiled(big, tile=64, per_tile_mask=kind != "dense").shape == (1, 3, 800, 600)
 
 
 def test_trt_upscaler_tiles_within_its_profile() -> None:
     """The tile loop (borrowed from OrtUpscaler) on a stand-in runner: every run fits the profile."""
     from amsr.runtime.trt import TrtUpscaler
 
-    from amsr.errors import InputImageError
+    from amsr.errors import InputImageError, UnsupportedModelError
 
     seen = []
 
@@ -249,3 +249,7 @@ def test_trt_upscaler_tiles_within_its_profile() -> None:
     y = up.upscale_tiled(x, tile=256, overlap=16)
     np.testing.assert_array_equal(y, x.repeat(2, axis=2).repeat(2, axis=3))
     assert len(seen) > 1 and all(16 <= s <= 96 for shape in seen for s in shape[2:])
+    # An accelerated engine computes its masks inside: tiling it silently would threshold each tile alone.
+    up.accelerated = True
+    with pytest.raises(UnsupportedModelError, match="per-tile"):
+        up.upscale_tiled(x, tile=64)

@@ -129,7 +129,8 @@ def test_rgb_checkpoint_is_refused() -> None:
 
 @pytest.mark.parametrize("scale", [1, 8])
 def test_wrong_scale(scale: int) -> None:
-    # The files do not record their scale (stride is not a weight): only unsupported scales can be refused.
+    # Unsupported scales; a file of another supported scale is caught by the flat-image probe
+    # (tests/test_hardening_files.py).
     with pytest.raises(UnsupportedModelError, match=f"x{scale}"):
         ARCH.build(_official_sd(4), scale)
 
