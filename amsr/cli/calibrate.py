@@ -14,6 +14,7 @@ from pathlib import Path
 
 from amsr.cli.common import add_model_args, run_main, write_json
 from amsr.errors import AmsrError
+from amsr.files import check_writable
 from amsr.models import load_model
 from amsr.operating_point import DEFAULT_BUDGET_DB, choose_operating_point, load_calibration, parse_budget
 
@@ -50,6 +51,7 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float):  # type: i
 
 def _run(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
+    check_writable(args.json, "--json")  # before minutes of calibration
     op = calibrate(args, args.images, budget)
     write_json(args.json, op.to_json())
     if op.chosen is None:
