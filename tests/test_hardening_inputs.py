@@ -208,19 +208,7 @@ def test_operating_point_config_errors_are_one_line(tmp_path: Path, cfg: object,
 
 # ---------------------------------------------------------------------------------------------- NaN input
 
-class _Tiny(nn.Module):
-    """Head conv, one body conv, pixel-shuffle x2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = nn.Conv2d(3, 8, 3, 1, 1)
-        self.body = nn.Conv2d(8, 8, 3, 1, 1)
-        self.up = nn.Sequential(nn.Conv2d(8, 12, 3, 1, 1), nn.PixelShuffle(2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.head(x)
-        return self.up(f + self.body(f))
+from tests.test_operating_point import _Tiny  # noqa: E402 (head conv, one body conv, pixel-shuffle x2)
 
 
 def _one_nan(shape: tuple[int, ...] = (1, 3, 16, 16)) -> torch.Tensor:
