@@ -17,13 +17,18 @@ bicubic measured 45.4 dB against dense on a flat photo (issue #13), so below 45 
 further from dense than bicubic; the blend at the CARN-M x4 default measured 51–60 dB on Photos2K, ≥ 50.5 dB
 over the flat region. ``contact_sheet`` puts dense | accelerated | |Δ|×gain crops of the worst blocks side by
 side for a person to look at.
+
+``check_fidelity`` is the whole check over a set of LR images (``amsr-parity --fidelity``,
+``scripts/photos_fidelity.py``); ``compare_with_dense`` scores one written output (``amsr-upscale --compare``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +64,7 @@ class ImageFidelity:
     flat_psnr_db: float | None  # None: no flat pixel (or a dense graph)
     flat_fraction: float
     worst_blocks: tuple[Block, ...] = field(default_factory=tuple)
+    tiled_vs_untiled_max_levels: int | None = None  # None: not measured
 
     def failures(self, t: FidelityThresholds) -> list[str]:
         """What falls short of ``t`` (empty: passed)."""
@@ -141,6 +147,11 @@ def dense_reference(model: Callable[..., object], lr: np.ndarray, min_size: int 
     return run_tiled(crop_runner(run, lr), lr.shape[-2:], REFERENCE_TILE, REFERENCE_MARGIN, min_size)
 
 
+def to_u8(y: np.ndarray) -> np.ndarray:
+    """A 1×3×H×W float output → H×W×3 uint8, clamped and rounded as ``Upscaler`` does."""
+    return np.rint(np.clip(y[0], 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8)
+
+
 def production_tile(lr_size: tuple[int, int], tile: int) -> int:
     """``tile``, or half the longer side when the image fits one tile: the check always runs tiled."""
     longest = max(lr_size)
@@ -168,3 +179,94 @@ def contact_sheet(dense: np.ndarray, accelerated: np.ndarray, blocks: tuple[Bloc
             y0, x0 = gutter + r * (cell + gutter), gutter + c * (cell + gutter)
             sheet[y0:y0 + big.shape[0], x0:x0 + big.shape[1]] = big
     return sheet
+
+
+def check_fidelity(onnx_path: str | Path, lr_images: Iterable[Path], dense_model: Callable[..., object],
+                   tile: int = 512, threads: int | None = None, providers: str | Sequence[str] | None = None,
+                   sheets: Path | None = None) -> Iterator[ImageFidelity]:
+    """The graph run as ``amsr-upscale`` runs it, scored against ``dense_model``, one 8-bit RGB LR image at a time.
+
+    Per image: ``Upscaler`` with ``tile = production_tile(lr_size, tile)`` (so ≥ 2 tiles) and the default
+    overlap, against ``dense_reference(dense_model)``; the flat region from the graph's output mask
+    (``mask/output``, else ``mask``; none for a dense graph) and max |tiled − untiled| in 8-bit levels.
+    Yields each ``ImageFidelity`` as it is scored; ``sheets``: also writes ``<stem>_sheet.png`` there.
+
+    Raises:
+        InputImageError: an image that is not 8-bit RGB (``read_rgb8``); and as ``OrtUpscaler``.
+    """
+    from amsr.images import read_rgb8, save_png
+    from amsr.runtime.onnxrt import OrtUpscaler
+    from amsr.runtime.upscaler import RunOptions, Upscaler
+
+    ort = OrtUpscaler(onnx_path, providers=list(providers) if isinstance(providers, (list, tuple)) else providers,
+                      threads=threads)  # one session for every tile size (``Upscaler`` shares its runner)
+    whole = Upscaler(ort, RunOptions())
+    tiled: dict[int, Upscaler] = {}
+    for path in lr_images:
+        lr = read_rgb8(path)
+        t = production_tile(lr.shape[:2], tile)
+        if t not in tiled:
+            tiled[t] = Upscaler(ort, RunOptions(tile=t))
+        acc = tiled[t](lr)
+        levels = int(np.abs(acc.astype(np.int16) - whole(lr).astype(np.int16)).max())
+        x = lr.transpose(2, 0, 1)[None].astype(np.float32) / 255
+        dense = to_u8(dense_reference(dense_model, x, ort.min_input_size))
+        flat = None
+        if ort.accelerated:
+            masks = ort.masks(x)
+            flat = masks.get("mask/output", masks["mask"])[0, 0] == 0
+        r = score_image(path.name, acc, dense, flat, dense.shape[0] // lr.shape[0], t)
+        if sheets is not None:
+            save_png(sheets / f"{path.stem}_sheet.png", contact_sheet(dense, acc, r.worst_blocks))
+        yield replace(r, tiled_vs_untiled_max_levels=levels)
+
+
+def fidelity_line(r: ImageFidelity, t: FidelityThresholds) -> str:
+    """One report line: sizes, tiled vs untiled, PSNR vs dense (whole, flat), the worst block, the verdict."""
+    h, w = r.lr_size
+    flat = "n/a" if r.flat_psnr_db is None else f"{r.flat_psnr_db:.2f} dB ({r.flat_fraction:.2f} of px)"
+    levels = "" if r.tiled_vs_untiled_max_levels is None else \
+        f"tiled vs untiled max {r.tiled_vs_untiled_max_levels} level(s); "
+    fails = r.failures(t)
+    return (f"{r.name} {w}×{h} tile {r.tile}: {levels}vs dense {r.psnr_db:.2f} dB, flat {flat}; worst block "
+            f"{_block_text(r)} {'PASSED' if not fails else 'FAILED: ' + '; '.join(fails)}")
+
+
+def _block_text(r: ImageFidelity) -> str:
+    if not r.worst_blocks:
+        return "none (identical)"
+    b = r.worst_blocks[0]
+    return f"({b.y},{b.x}) {b.psnr_db:.2f} dB"
+
+
+def fidelity_report(rows: Sequence[ImageFidelity], t: FidelityThresholds) -> dict[str, Any]:
+    """The JSON report: overall verdict, thresholds, and per image its scores, verdict and failures."""
+    images = [{**r.to_json(), "passed": not r.failures(t), "failures": r.failures(t)} for r in rows]
+    return {"passed": all(i["passed"] for i in images), "thresholds": asdict(t), "images": images}
+
+
+def compare_with_dense(name: str, image: np.ndarray, output: np.ndarray, dense_model: Callable[..., object],
+                       tile: int, min_size: int = 1) -> tuple[ImageFidelity, np.ndarray]:
+    """Score an upscaled ``output`` (as ``amsr-upscale`` wrote it) against the dense model run on the same
+    ``image`` (H×W[×C], uint8 or uint16; alpha ignored; gray compared as gray), on 8 bits; with its contact
+    sheet (``contact_sheet`` of the worst blocks)."""
+    unit = image.astype(np.float32) / np.float32(65535.0 if image.dtype == np.uint16 else 255.0)
+    gray = unit.ndim == 2 or unit.shape[2] == 1
+    rgb = np.repeat(unit.reshape(*unit.shape[:2], 1), 3, axis=2) if gray else unit[..., :3]
+    dense_f = np.clip(dense_reference(dense_model, np.ascontiguousarray(rgb.transpose(2, 0, 1)[None]), min_size)[0],
+                      0.0, 1.0).transpose(1, 2, 0)
+    if gray:
+        dense_f = dense_f.mean(axis=2)  # as Upscaler returns a gray image
+    dense = np.rint(dense_f * 255.0).astype(np.uint8)
+    acc = as_u8(output)
+    if acc.ndim == 3 and gray:
+        acc = acc[..., 0]
+    elif acc.ndim == 3:
+        acc = acc[..., :3]
+    r = score_image(name, acc, dense, None, dense.shape[0] // image.shape[0], tile)
+    return r, contact_sheet(dense, acc, r.worst_blocks)
+
+
+def as_u8(img: np.ndarray) -> np.ndarray:
+    """uint8 as is; uint16 to the nearest 8-bit level."""
+    return img if img.dtype == np.uint8 else np.rint(img.astype(np.float64) / 257.0).astype(np.uint8)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from amsr.bench import STRATEGIES, run_bench
 from amsr.cli.common import (
+    DEFAULTS_EPILOG,
     add_mask_args,
     add_model_args,
     add_operating_point_arg,
@@ -22,7 +23,8 @@ from amsr.sparse_tiles import DEFAULT_TILE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="amsr-bench", description=__doc__, epilog=DEFAULTS_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_mask_args(p)
     p.add_argument("--data", required=True, type=Path, help="folder of LR images (or with an LR/ subfolder)")

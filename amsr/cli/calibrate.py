@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsr.cli.common import add_model_args, run_main, write_json
+from amsr.cli.common import DEFAULTS_EPILOG, add_model_args, run_main, write_json
 from amsr.errors import AmsrError
 from amsr.files import check_writable
 from amsr.models import load_model
@@ -26,7 +26,8 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-calibrate", description=__doc__)
+    p = argparse.ArgumentParser(prog="amsr-calibrate", description=__doc__, epilog=DEFAULTS_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--images", required=True, type=Path, help="folder of HR calibration images")
     p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB),

@@ -6,15 +6,35 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amsr.errors import AmsrError
 from amsr.files import save_bytes
 from amsr.mask import MaskConfig
 from amsr.zoo import architecture_names
 
+if TYPE_CHECKING:
+    from amsr.models import LoadedModel
+
 log = logging.getLogger("amsr.cli")
+
+# The epilog of every tool's --help, pre-wrapped (the tools print it with RawDescriptionHelpFormatter).
+DEFAULTS_EPILOG = textwrap.fill(
+    "Defaults: a zoo model given to amsr-export, amsr-eval, amsr-bench or amsr-upscale without mask "
+    "options or --operating-point runs its shipped quality operating point (calibrated on T91+BSD200 to lose "
+    "≤ 0.05 dB mean Y-PSNR against dense), or the dense network where none is calibrated or none saves compute "
+    "(amsr-eval and amsr-bench then have nothing to compare), and says which. Mask options without "
+    "--output-dilation (e.g. --dilation alone) run the paper's raw in-network skip, which is lossy on pretrained "
+    "checkpoints (CARN-M x4 Set5, --dilation 1: -3.86 dB) and is warned about. amsr-parity checks a graph as "
+    "exported; amsr-calibrate writes operating points for --operating-point FILE.", width=100,
+    break_on_hyphens=False)
+
+
+class UsageError(AmsrError):
+    """Options that do not go together, found after parsing: one line and exit status 2 (as argparse's)."""
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -119,6 +139,46 @@ def describe_settings(config: MaskConfig | None, source: dict[str, object] | Non
     return f"{', '.join(parts)} ({where})"
 
 
+def graph_model(onnx: Path, meta: Mapping[str, str], *, name: str | None = None, scale: int | None = None,
+                variant: str | None = None, weights: Path | None = None,
+                hint: str = "pass --model and --scale") -> LoadedModel:
+    """The zoo model an exported graph was made from: the identity in its metadata (``amsr.model``, ``amsr.scale``,
+    ``amsr.variant``; ``name``/``scale``/``variant`` override them) loaded with ``weights`` (default: as
+    ``load_model``), refused when the file records another checkpoint.
+
+    Raises:
+        AmsrError: the file names no model (``hint`` says what to do). CheckpointError: another checkpoint than
+            the recorded one; and as ``load_model``.
+    """
+    from amsr.export.metadata import int_field
+    from amsr.models import load_model
+
+    name = name or meta.get("amsr.model")
+    scale = scale or int_field(meta, "amsr.scale", str(onnx))
+    if not name or not scale:
+        raise AmsrError(f"{onnx} does not say which model it is (not written by amsr-export?): {hint}")
+    model = load_model(name, scale, weights=weights, variant=variant if variant is not None else
+                       meta.get("amsr.variant", ""))
+    if name == meta.get("amsr.model"):
+        _check_weights_sha(onnx, meta, model.weights)
+    return model
+
+
+def _check_weights_sha(onnx: Path, meta: Mapping[str, str], weights: Path) -> None:
+    """Refuse a checkpoint other than the one the file records: its outputs differ by design, so a comparison
+    would say nothing about the export. Skipped when the file records none (not written by amsr-export)."""
+    from amsr.errors import CheckpointError
+    from amsr.weights import sha256_of
+
+    recorded = meta.get("amsr.weights_sha256")
+    if not recorded:
+        return
+    got = sha256_of(weights)
+    if got != recorded:
+        raise CheckpointError(f"{weights} (sha256 {got[:12]}…) is not the checkpoint {onnx.name} was exported "
+                              f"from (sha256 {recorded[:12]}…): pass that file with --weights")
+
+
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     save_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
@@ -126,7 +186,8 @@ def write_json(path: Path, obj: object) -> None:
 
 def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, run ``body``; an ``AmsrError`` becomes one line on stderr and exit status 1."""
+    """Parse ``argv``, run ``body``; an ``AmsrError`` becomes one line on stderr and exit status 1 (2 for a
+    ``UsageError``)."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format=f"{prog}: %(message)s")
@@ -135,7 +196,7 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argpa
         return body(args)
     except AmsrError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from amsr import paths
 from amsr.cli.calibrate import add_calibration_args, calibrate
 from amsr.cli.common import (
+    DEFAULTS_EPILOG,
     OPERATING_POINT_HELP,
     add_mask_args,
     add_model_args,
@@ -31,7 +32,8 @@ from amsr.operating_point import parse_budget
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-eval", description=__doc__)
+    p = argparse.ArgumentParser(prog="amsr-eval", description=__doc__, epilog=DEFAULTS_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, required=False)
     add_mask_args(p)
     p.add_argument("--data", required=True, help="folder with HR/ and LR/ of the same file names")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from amsr.cli.common import (
+    DEFAULTS_EPILOG,
     add_mask_args,
     add_model_args,
     add_operating_point_arg,
@@ -32,7 +33,7 @@ from amsr.weights import sha256_of
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-export", description=__doc__,
+    p = argparse.ArgumentParser(prog="amsr-export", description=__doc__, epilog=DEFAULTS_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     add_mask_args(p)

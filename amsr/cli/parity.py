@@ -6,6 +6,15 @@ The reference is rebuilt from the model identity stored in the file by amsr-expo
 mask settings); ``--model/--scale/--weights`` override it. Golden outputs come from PyTorch, the graph runs
 in onnxruntime, and Polygraphy's comparator checks max |Δ| ≤ --atol; masks must be identical and the
 Y-PSNR against HR may move by at most --psnr-tol dB. Prints PASSED or FAILED; exit status 0 or 1.
+
+    amsr-parity --onnx carn_m_x4_amsr.onnx --data ../shared/data/Photos2K/x4 --fidelity [--tile 512]
+
+--fidelity checks what a user sees instead: the graph runs as amsr-upscale runs it (tiled, the tile halved
+for an image that fits one, so every image runs in ≥ 2 tiles) on the 8-bit RGB images of --data/LR (or
+--data itself), against the dense network of the same model in PyTorch. Per image: PSNR against dense over
+the whole image and over the flat region (output mask 0), the worst 32×32 HR block, and max |tiled −
+untiled| in 8-bit levels; PASSED needs ≥ 45 dB whole and flat and ≥ 30 dB for the worst block on every image
+(runtime/fidelity.py).
 """
 
 from __future__ import annotations
@@ -15,13 +24,17 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from amsr.cli.common import run_main, write_json
+from amsr.cli.common import DEFAULTS_EPILOG, UsageError, graph_model, run_main, write_json
 from amsr.errors import AmsrError
+
+if TYPE_CHECKING:
+    from amsr.models import LoadedModel
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-parity", description=__doc__,
+    p = argparse.ArgumentParser(prog="amsr-parity", description=__doc__, epilog=DEFAULTS_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx", type=Path, required=True, help="exported model (from amsr-export)")
     p.add_argument("--data", type=Path, required=True, help="folder with LR/ (and HR/ for the PSNR check)")
@@ -36,22 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psnr-tol", type=float, default=1e-3, help="max PSNR difference in dB (default 0.001)")
     p.add_argument("--providers", default=None, help="onnxruntime providers: 'auto' or a comma list (default CPU)")
     p.add_argument("--json", type=Path, help="write the per-image report here")
+    f = p.add_argument_group("visual fidelity (--fidelity)")
+    f.add_argument("--fidelity", action="store_true",
+                   help="run the graph tiled, as amsr-upscale does, and score it against the dense model instead "
+                        "(see above)")
+    f.add_argument("--tile", type=int, default=512,
+                   help="LR tile side, as amsr-upscale --tile (default 512; half the image when it fits one tile)")
+    f.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
+    f.add_argument("--sheets", type=Path, metavar="DIR",
+                   help="also write <stem>_sheet.png per image: dense | accelerated | |diff|×8 of the worst blocks")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def _reference(args: argparse.Namespace, meta: dict[str, str]):  # type: ignore[no-untyped-def]
     from amsr.mask import MaskConfig
-    from amsr.models import load_model
 
-    name = args.model or meta.get("amsr.model")
-    scale = args.scale or (int(meta["amsr.scale"]) if "amsr.scale" in meta else None)
-    if not name or not scale:
-        raise AmsrError(f"{args.onnx} does not say which model it is (not written by amsr-export?): "
-                        "pass --model and --scale")
-    model = load_model(name, scale, weights=args.weights,
-                       variant=args.variant if args.variant is not None else meta.get("amsr.variant", ""))
-    _check_weights_sha(args, meta, model.weights)
+    model = _model(args, meta)
     kind = meta.get("amsr.kind", "dense")
     if kind == "dense":
         return model.dense()
@@ -63,6 +77,12 @@ def _reference(args: argparse.Namespace, meta: dict[str, str]):  # type: ignore[
         raise AmsrError(f"{args.onnx}: unreadable mask settings in metadata ({e})") from None
     # The dense reference path computes the same values as the sparse one, much faster in PyTorch.
     return model.accelerated(config, mode="dense")
+
+
+def _model(args: argparse.Namespace, meta: dict[str, str]) -> LoadedModel:
+    """The zoo model the graph records (``--model/--scale/--variant/--weights`` override it)."""
+    return graph_model(args.onnx, meta, name=args.model, scale=args.scale, variant=args.variant,
+                       weights=args.weights)
 
 
 def _engine_parity(reference, args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -85,14 +105,15 @@ def _run(args: argparse.Namespace) -> int:
     if not args.onnx.is_file():
         raise AmsrError(f"{args.onnx}: no such file")
     meta = read_metadata(args.onnx)
+    if args.fidelity:
+        return _fidelity(args, meta)
     _check_data_scale(args, meta)
     reference = _reference(args, meta)
     if args.trt is not None:
         result = _engine_parity(reference, args)
     else:
-        providers = args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
         result = check_parity_on_set(reference, args.onnx, args.data, atol=args.atol, psnr_tol=args.psnr_tol,
-                                     providers=providers)
+                                     providers=_providers(args))
     for row in result.rows:
         print(f"  {row.name}: max|Δ| {row.max_abs_diff:.2e}, mask mismatches {row.mask_mismatch_pixels}"
               + (f", ΔPSNR {row.psnr_diff:.2e} dB" if row.psnr_diff is not None else ""))
@@ -111,28 +132,64 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """``--json`` must be writable before the (minutes long) comparison runs, not after it."""
-    from amsr.files import check_writable
+def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
+    """``--fidelity``: the graph tiled as amsr-upscale runs it, against the dense model (runtime/fidelity.py)."""
+    from amsr.runtime.fidelity import BLOCK, FidelityThresholds, check_fidelity, fidelity_line, fidelity_report
 
+    kind = meta.get("amsr.kind", "dense")
+    if kind not in ("dense", "accelerated"):
+        raise AmsrError(f"{args.onnx}: --fidelity checks full models, not a {kind!r} graph")
+    model = _model(args, meta)
+    images = _lr_images(args.data)
+    thresholds = FidelityThresholds()
+    rows = []
+    for r in check_fidelity(args.onnx, images, model.dense(), tile=args.tile, threads=args.threads,
+                            providers=_providers(args), sheets=args.sheets):
+        print(f"  {fidelity_line(r, thresholds)}", flush=True)
+        rows.append(r)
+    report = fidelity_report(rows, thresholds)
+    passed = sum(i["passed"] for i in report["images"])
+    print(f"{'PASSED' if report['passed'] else 'FAILED'}: {passed}/{len(rows)} images within "
+          f"{thresholds.min_psnr_db:g} dB (whole, flat) and {thresholds.min_block_psnr_db:g} dB (worst "
+          f"{BLOCK}×{BLOCK} block) of the dense model, tiled at {args.tile} px")
+    if args.json:
+        write_json(args.json, {"onnx": str(args.onnx), "model": model.arch.id, "scale": model.scale,
+                               "kind": kind, "tile": args.tile, **report})
+    return 0 if report["passed"] else 1
+
+
+def _providers(args: argparse.Namespace) -> str | list[str] | None:
+    return args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
+
+
+def _lr_images(data: Path) -> list[Path]:
+    """The images of ``data/LR``, or of ``data`` itself when it has no LR/ folder."""
+    from amsr.images import list_images
+
+    folder = data / "LR" if (data / "LR").is_dir() else data
+    images = list_images(folder)
+    if not images:
+        raise AmsrError(f"{folder}: no images (PNG, JPEG, BMP, WebP, TIFF)")
+    return images
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Options that do not go together, and outputs that cannot be written, refused before the (minutes long)
+    comparison runs, not after it."""
+    from amsr.files import check_writable, check_writable_dir
+
+    if not args.fidelity and (args.sheets is not None or args.threads is not None):
+        raise UsageError("--sheets and --threads apply only to --fidelity")
+    if args.fidelity and args.trt is not None:
+        raise UsageError("--fidelity runs the graph in onnxruntime: drop --trt")
+    for name in ("tile", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be ≥ 1, got {value}")
     if args.json:
         check_writable(args.json, "--json")
-
-
-def _check_weights_sha(args: argparse.Namespace, meta: dict[str, str], weights: Path) -> None:
-    """Refuse a reference built from another checkpoint than the one the file records: its outputs differ by
-    design, so the verdict would say nothing about the export. Skipped when ``--model`` names another model
-    (the recorded checksum is not about it) or the file records none (not written by amsr-export)."""
-    from amsr.errors import CheckpointError
-    from amsr.weights import sha256_of
-
-    recorded = meta.get("amsr.weights_sha256")
-    if not recorded or (args.model and args.model != meta.get("amsr.model")):
-        return
-    got = sha256_of(weights)
-    if got != recorded:
-        raise CheckpointError(f"{weights} (sha256 {got[:12]}…) is not the checkpoint {args.onnx.name} was exported "
-                              f"from (sha256 {recorded[:12]}…): pass that file with --weights")
+    if args.sheets is not None:
+        check_writable_dir(args.sheets, "--sheets")
 
 
 def _check_data_scale(args: argparse.Namespace, meta: dict[str, str]) -> None:

@@ -4,6 +4,13 @@ INPUT is any mix of files and folders; a folder contributes the PNG/JPEG/WebP/BM
 (not its subfolders). Each input is written to OUT/<stem>.png (16-bit PNG for 16-bit input, alpha kept).
 Existing outputs are skipped unless --overwrite. A file that cannot be processed is reported on one line and
 skipped; the exit status is then 1.
+
+    amsr-upscale photos/ --out up/ --model carn_m --scale 4 --compare sheets/
+
+--compare DIR (accelerated models only) also runs the dense network of the same model (PyTorch) on every
+input written and writes DIR/<stem>_compare.png: dense | accelerated | |diff|×8, 4× zoomed crops of the
+worst 32×32 blocks; it prints one line per image with the PSNR of the output against dense and its worst
+block (8-bit RGB; runtime/fidelity.py).
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ from tqdm import tqdm
 
 from amsr import paths
 from amsr.cli.common import (
+    DEFAULTS_EPILOG,
+    UsageError,
     add_mask_args,
     add_model_args,
     add_operating_point_arg,
     config_and_source,
     describe_settings,
+    graph_model,
     mask_options_given,
     run_main,
 )
@@ -37,7 +47,8 @@ PROG = "amsr-upscale"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=DEFAULTS_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (not recursive)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     p.add_argument("--onnx", type=Path, metavar="FILE", help="an exported graph (amsr-export); or use --model")
@@ -62,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray Data: a local instance (or $RAY_ADDRESS) without ADDRESS, else that cluster")
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    g.add_argument("--compare", type=Path, metavar="DIR",
+                   help="accelerated models: also write DIR/<stem>_compare.png (dense | accelerated | |diff|×8 of "
+                        "the worst blocks) and print the PSNR against the dense model, for every output written "
+                        "(slow: the dense network runs in PyTorch; with --onnx, --weights names its checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -73,7 +88,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model is not None and args.scale is None:
         p.error("--model needs --scale")
     if args.onnx is not None:
-        given = [f for f, v in (("--scale", args.scale), ("--variant", args.variant), ("--weights", args.weights),
+        weights = args.weights if args.compare is None else None  # --compare: the dense network's checkpoint
+        given = [f for f, v in (("--scale", args.scale), ("--variant", args.variant), ("--weights", weights),
                                 ("--dense", args.dense)) if v]
         if _mask_args_changed(args):
             given.append("mask options")
@@ -89,6 +105,24 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     from amsr.files import check_writable_dir
 
     check_writable_dir(args.out, "--out")  # an existing file or a read-only folder: refused before any image runs
+    if args.compare is not None:
+        _check_compare(args)
+
+
+def _check_compare(args: argparse.Namespace) -> None:
+    """``--compare`` needs an accelerated model (a dense one has nothing to compare) and a writable folder."""
+    from amsr.files import check_writable_dir
+
+    if args.dense:
+        raise UsageError("--compare compares an accelerated model with its dense network: drop --dense")
+    if args.onnx is not None and args.onnx.is_file():
+        from amsr.export.metadata import read_metadata
+
+        kind = read_metadata(args.onnx).get("amsr.kind", "dense")
+        if kind != "accelerated":
+            raise UsageError(f"--compare compares an accelerated model with its dense network; {args.onnx} is a "
+                             f"{kind} graph")
+    check_writable_dir(args.compare, "--compare")
 
 
 def _mask_args_changed(args: argparse.Namespace) -> bool:
@@ -112,6 +146,9 @@ def _onnx_path(args: argparse.Namespace) -> Path:
     from amsr.runtime.upscaler import export_cache_path, exported_model_path
 
     config, source = (None, {"reason": "--dense"}) if args.dense else config_and_source(args)
+    if args.compare is not None and config is None:
+        raise UsageError(f"--compare compares an accelerated model with its dense network; {args.model} "
+                         f"x{args.scale} runs the {describe_settings(config, source)}")
     print(f"{PROG}: {args.model} x{args.scale}: {describe_settings(config, source)}", file=sys.stderr)
 
     def entry(fn: Callable[..., Path]) -> Path:
@@ -137,6 +174,44 @@ def _run_local(jobs: Sequence[Job], onnx: Path, options: RunOptions, workers: in
         yield from pool.map(lambda job: run_job(upscaler, job), jobs)
 
 
+def _comparer(args: argparse.Namespace) -> Callable[[JobResult], str]:
+    """``--compare``: a function that scores one written output against the dense network of the same model,
+    writes its contact sheet (atomically) and returns its report line."""
+    from amsr.imageio import read_image, write_png
+    from amsr.runtime.fidelity import BLOCK, compare_with_dense
+
+    if args.model is not None:
+        from amsr.models import load_model
+
+        model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    else:
+        from amsr.export.metadata import read_metadata
+
+        model = graph_model(args.onnx, read_metadata(args.onnx), weights=args.weights,
+                            hint="--compare needs it to run the dense network")
+    dense = model.dense()
+
+    def compare(job: JobResult) -> str:
+        r, sheet = compare_with_dense(job.src.name, read_image(job.src), read_image(job.dest), dense, args.tile)
+        dest = write_png(args.compare / f"{job.src.stem}_compare.png", sheet)
+        b = r.worst_blocks[0] if r.worst_blocks else None
+        worst = "none (identical)" if b is None else f"({b.y}, {b.x}) {b.psnr_db:.2f} dB"
+        return f"{job.src.name}: {r.psnr_db:.2f} dB vs dense, worst {BLOCK}×{BLOCK} block {worst} → {dest}"
+
+    return compare
+
+
+def _compare_one(compare: Callable[[JobResult], str], job: JobResult) -> tuple[str, bool]:
+    """``compare(job)``'s line, or one failure line (as a failed job's) and ``False``."""
+    from amsr.runtime.jobs import JOB_ERRORS
+
+    try:
+        return compare(job), True
+    except JOB_ERRORS as e:
+        msg = str(e) if str(job.src) in str(e) else f"{job.src}: {e}"
+        return f"{PROG}: compare failed: {msg.splitlines()[0]}", False
+
+
 def _run(args: argparse.Namespace) -> int:
     from amsr.runtime.jobs import plan_jobs
     from amsr.runtime.upscaler import RunOptions
@@ -147,9 +222,10 @@ def _run(args: argparse.Namespace) -> int:
     failed = list(plan.failed)
     for r in failed:
         print(f"{PROG}: failed: {r.error}", file=sys.stderr)
-    written = 0
+    written = compare_failed = 0
     if plan.todo:
         onnx = _onnx_path(args)
+        compare = _comparer(args) if args.compare is not None else None
         if args.ray is not None:
             from amsr.runtime.ray_pipeline import upscale_files_ray
 
@@ -161,6 +237,10 @@ def _run(args: argparse.Namespace) -> int:
         for r in bar:
             if r.ok:
                 written += 1
+                if compare is not None:
+                    line, ok = _compare_one(compare, r)
+                    compare_failed += not ok
+                    bar.write(line, file=sys.stdout if ok else sys.stderr)
             else:
                 failed.append(r)
                 bar.write(f"{PROG}: failed: {r.error}", file=sys.stderr)
@@ -169,8 +249,10 @@ def _run(args: argparse.Namespace) -> int:
         summary += f", {len(plan.existing)} skipped (output exists; --overwrite to redo)"
     if failed:
         summary += f", {len(failed)} failed"
+    if compare_failed:
+        summary += f", {compare_failed} comparison(s) failed"
     print(summary, file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or compare_failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,13 @@ from amsr.images import read_rgb8
 from amsr.runtime.fidelity import (
     Block,
     FidelityThresholds,
+    ImageFidelity,
     block_psnrs,
+    check_fidelity,
+    compare_with_dense,
     contact_sheet,
-    dense_reference,
+    fidelity_line,
+    fidelity_report,
     production_tile,
     psnr_u8,
     score_image,
@@ -58,21 +62,20 @@ def test_default_operating_point_tiled_equals_untiled_on_a_photo(blend_onnx: Pat
 
 
 def test_default_operating_point_tiled_is_faithful_to_dense(blend_onnx: Path, photo_crop: np.ndarray,
-                                                            weights_dir: Path) -> None:
-    """The check ``amsr-parity --fidelity`` runs, on a crop CI can afford: tiled as amsr-upscale tiles."""
-    from amsr.runtime.onnxrt import OrtUpscaler
-    from amsr.runtime.upscaler import Upscaler
+                                                            weights_dir: Path, tmp_path: Path) -> None:
+    """The check ``amsr-parity --fidelity`` runs (``check_fidelity``), on a crop CI can afford."""
+    from amsr.images import save_png
     from tests.onnx_exports import carn_m_x4
 
-    acc = Upscaler.from_onnx(blend_onnx, threads=1, tile=TILE)(photo_crop)
-    x = photo_crop.transpose(2, 0, 1)[None].astype(np.float32) / 255
-    dense = dense_reference(carn_m_x4(weight_file(weights_dir, "carn_m.pth")).dense(), x)
-    dense_u8 = np.rint(np.clip(dense[0], 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8)
-    flat = OrtUpscaler(blend_onnx, threads=1).masks(x)["mask/output"][0, 0] == 0
-    r = score_image("img_012 crop", acc, dense_u8, flat, scale=4, tile=TILE)
+    lr = save_png(tmp_path / "crop.png", photo_crop)
+    dense = carn_m_x4(weight_file(weights_dir, "carn_m.pth")).dense()
+    (r,) = check_fidelity(blend_onnx, [lr], dense, tile=TILE, threads=1, sheets=tmp_path / "sheets")
+    assert r.tile == TILE and r.lr_size == (160, 200)
     assert 0.2 < r.flat_fraction < 0.95  # the crop has both kinds of area
     assert r.failures(FidelityThresholds()) == [], r
     assert r.flat_psnr_db is not None and r.flat_psnr_db >= 45
+    assert r.tiled_vs_untiled_max_levels is not None and r.tiled_vs_untiled_max_levels <= 1
+    assert (tmp_path / "sheets" / "crop_sheet.png").is_file()
 
 
 def test_per_tile_masks_are_what_the_check_catches(blend_onnx: Path, photo_crop: np.ndarray) -> None:
@@ -104,3 +107,38 @@ def test_block_scores_and_sheet() -> None:
 def test_production_tile_always_tiles() -> None:
     assert production_tile((400, 640), 512) == 512
     assert production_tile((300, 400), 512) == 200
+
+
+def test_report_line_and_json() -> None:
+    r = ImageFidelity("a.png", (10, 20), 5, 50.0, None, 0.0, (Block(0, 32, 40.0),), tiled_vs_untiled_max_levels=1)
+    ok, strict = FidelityThresholds(), FidelityThresholds(min_block_psnr_db=41)
+    assert fidelity_line(r, ok) == ("a.png 20×10 tile 5: tiled vs untiled max 1 level(s); vs dense 50.00 dB, flat "
+                                    "n/a; worst block (0,32) 40.00 dB PASSED")
+    assert fidelity_line(r, strict).endswith("FAILED: block at (0, 32) 40.00 < 41 dB")
+    report = fidelity_report([r], strict)
+    assert not report["passed"] and report["thresholds"]["min_block_psnr_db"] == 41
+    assert report["images"][0]["failures"] == r.failures(strict) and report["images"][0]["lr_size"] == (10, 20)
+
+
+def test_compare_with_dense_scores_what_was_written() -> None:
+    """``amsr-upscale --compare``: 8-bit, 16-bit, gray and RGBA outputs against the dense model of the input."""
+    import torch
+
+    def nearest(t: torch.Tensor) -> torch.Tensor:  # a "dense model" whose output is known exactly
+        return torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
+
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    r, sheet = compare_with_dense("rgb", rgb, up(rgb), nearest, tile=0)
+    assert np.isinf(r.psnr_db) and r.worst_blocks == () and sheet.dtype == np.uint8
+    gray = rgb[..., :1]
+    assert np.isinf(compare_with_dense("gray", gray, up(gray), nearest, tile=0)[0].psnr_db)
+    rgba16 = np.concatenate([rgb.astype(np.uint16) * 257, np.full((20, 30, 1), 9, np.uint16)], axis=2)
+    out = up(rgba16)
+    out[32:40, 40:48, :3] = 0  # a defect in the HR block at (32, 32); alpha differs and is ignored
+    r, sheet = compare_with_dense("rgba16", rgba16, out, nearest, tile=0)
+    assert r.lr_size == (20, 30) and r.worst_blocks[0].y == 32 and r.worst_blocks[0].x == 32
+    assert np.isfinite(r.psnr_db) and len(r.worst_blocks) == 1
+    assert sheet.shape == (4 + 128 + 4, 4 + 3 * (128 + 4), 3)
