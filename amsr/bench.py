@@ -9,9 +9,14 @@ Strategies (how the accelerated network runs its masked convs):
 
 - ``pixel``: ``MaskedConv2d`` / ``GatherScatterConv2d`` — gather the 3×3 taps of each masked-in pixel.
 - ``tile``: ``amsr.sparse_tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
-- ``auto``: per image, from the mask: the active tile fraction ``f`` decides. If ``f ≤ break_even`` the tile
-  network runs under that mask (``mask`` as a graph input, so the mask is computed once); otherwise the dense
-  network runs (never slower than dense beyond the mask stage) and the effective GMACs are the dense ones.
+- ``rows``: ``amsr.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
+  output blend; other models have no row program).
+- ``auto``: per image, from the mask. Where a row program exists, the mask density ``d`` decides: ``d ≤
+  ROWS_BREAK_EVEN`` runs the row graph under the whole-image masks (graph inputs, so the mask is computed
+  once), otherwise the dense network. Else the active tile fraction ``f`` decides: ``f ≤ break_even`` runs the
+  tile network under the mask, otherwise the dense network. Window selection (transformers) runs unless its
+  effective GMACs exceed ``WINDOWS_BREAK_EVEN`` of the dense ones. Dense is never slower than dense beyond
+  the mask stage, and its effective GMACs are the dense ones.
   ``break_even`` is the tile fraction at which the tile network's masked stages cost as much as the dense
   convs they replace: ``f* = (t_dense_convs − t_fixed) / t_dense_convs`` with ``t_fixed`` the per-stage
   gather/scatter/transposes at f → 0 (measured per model with the ORT profiler, ``BREAK_EVEN`` below; for
@@ -40,7 +45,8 @@ from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
 from amsr.images import list_images, read_rgb8, to_tensor
 from amsr.mask import MaskConfig, MaskGenerator
-from amsr.models import LoadedModel
+from amsr.models import LoadedModel, unwrap_accelerated
+from amsr.rows import DENSE_ABOVE_DENSITY, row_program
 from amsr.sparse_conv import MaskedConv2d
 from amsr.sparse_tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
 
@@ -49,7 +55,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "pixel", "tile")
+STRATEGIES = ("auto", "pixel", "tile", "rows")
+# Mask density above which ``auto`` runs the dense network instead of a row program (ORT CPU, 2 threads).
+ROWS_BREAK_EVEN = DENSE_ABOVE_DENSITY
+# Effective-GMACs ratio above which ``auto`` runs the dense network instead of window selection (ORT CPU):
+# the window graph's time ratio tracks its GMACs ratio within −0.07…+0.09 (IMDTN x4: Set14 default 0.975–1.020
+# at 0.926, Set14 thr 0.5 d 1 0.662 at 0.715, a Photos2K image 0.417 at 0.491), so above ~0.9 it may lose.
+WINDOWS_BREAK_EVEN = 0.9
 # Active-tile fraction above which ``auto`` runs the dense network (see module docstring; ORT CPU, 2 threads).
 # CARN-M: the tile stages' fixed cost alone (Pad/Transpose/ScatterND/Slice of the full map, plus the NCHWc
 # Reorder nodes onnxruntime inserts around every non-conv stage) exceeds what its cheap grouped convs cost
@@ -89,7 +101,7 @@ class Variants:
     amsr: torch.nn.Module
     mask: MaskGenerator
     tile_net: torch.nn.Module | None = None  # tile network (auto strategy)
-    path: str = "pixel"  # what ``amsr`` runs: pixel, tile or windows (no masked convs)
+    path: str = "pixel"  # what ``amsr`` runs: pixel, tile, rows or windows (no masked convs)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,6 +121,13 @@ def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: 
             raise AmsrError(f"{model.arch.id} has no masked convs to run in tiles (it selects attention "
                             "windows): use --strategy auto or pixel")
         return Variants(model.dense(), acc, gen, path="windows")
+    if strategy in ("rows", "auto"):
+        program = row_program(unwrap_accelerated(acc))
+        if program is not None:
+            return Variants(model.dense(), program, gen, path="rows")
+        if strategy == "rows":
+            raise AmsrError(f"{model.arch.id} has no row program (CARN / CARN-M with an output blend, e.g. "
+                            "--operating-point default): use --strategy auto, pixel or tile")
     if strategy == "pixel":
         return Variants(model.dense(), acc, gen)
     tiled = to_tiles(acc, tile)
@@ -199,10 +218,9 @@ class _Ort:
         # The mask session runs right before another session, so it must not spin-wait (``session_options``;
         # measured: +35 ms per Set14 image on 2 cores, CARN-M auto → dense).
         self.sessions["mask"] = self._session(self.mask_bytes, spin=False)
-        if "tile" in paths:
-            g = gs.import_onnx(onnx.load(str(paths["tile"])))
-            self.masked_tile_bytes = gs.export_onnx(mask_as_input(g)).SerializeToString()
-            self.sessions["tile_masked"] = self._session(self.masked_tile_bytes)
+        if "tile" in paths or "rows" in paths:  # the auto strategy's graph under the whole-image masks
+            g = gs.import_onnx(onnx.load(str(paths.get("tile", paths.get("rows")))))
+            self.sessions["masked"] = self._session(gs.export_onnx(mask_as_input(g)).SerializeToString())
 
     def _session(self, model: bytes, profile_prefix: str | None = None, spin: bool = True) -> Any:
         from amsr.runtime.onnxrt import session_options
@@ -245,19 +263,25 @@ def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Pa
     from amsr.cache_key import cached_export, export_key
     from amsr.export.onnx_export import export_onnx
 
-    def key(cfg: MaskConfig | None, tile_size: int | None = None) -> ExportKey:
-        return export_key(model.arch.id, model.scale, model.weights, cfg, variant=model.variant, tile=tile_size)
+    def key(cfg: MaskConfig | None, tile_size: int | None = None, execution: str | None = None) -> ExportKey:
+        return export_key(model.arch.id, model.scale, model.weights, cfg, variant=model.variant, tile=tile_size,
+                          execution=execution)
 
-    keys = {"dense": key(None), "amsr": key(config, None if v.tile_net is None else tile)}
+    # The pixel path of a model that has a row program is another graph of the same settings.
+    stages = v.path == "pixel" and row_program(unwrap_accelerated(v.amsr)) is not None
+    keys = {"dense": key(None), "amsr": key(config, None if v.tile_net is None else tile,
+                                            "stages" if stages else None)}
     files: dict[str, Path] = {}
     for name, mod in (("dense", v.dense), ("amsr", v.amsr)):
         def export(dest: Path, mod: torch.nn.Module = mod, name: str = name) -> None:
             log.info("exporting %s to %s", name, dest)
-            export_onnx(mod, dest)
+            export_onnx(mod, dest, rows=not stages)
 
         files[name] = cached_export(cache / keys[name].file_name, keys[name], export)
     if v.tile_net is not None:
         files["tile"] = files["amsr"]
+    if v.path == "rows":
+        files["rows"] = files["amsr"]
     return files
 
 
@@ -288,6 +312,8 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     # The exported graph computes the tail densely (export/exportable.py): count what it computes.
     sparse_tail = sparse_tail and backend == "pytorch"
     be = break_even if break_even is not None else default_break_even(model.arch.id, dev.type)
+    rows_be = break_even if break_even is not None else ROWS_BREAK_EVEN
+    windows_be = break_even if break_even is not None else WINDOWS_BREAK_EVEN
     paths_img = bench_images(Path(data))[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     torch.set_num_threads(threads)
@@ -303,8 +329,17 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
             m = v.mask(x)
             f_tile = active_tile_fraction(m, tile)
             _, dense_macs = run_counting_macs(v.dense, x)
-            use_dense = strategy == "auto" and v.tile_net is not None and f_tile > be
-            amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
+            amsr_macs = run_counting_macs(v.amsr, x)[1] if v.path == "windows" else 0
+            if v.path == "rows":
+                use_dense = strategy == "auto" and float(m.mean()) > rows_be
+            elif v.path == "windows":
+                use_dense = strategy == "auto" and amsr_macs > windows_be * dense_macs
+            else:
+                use_dense = strategy == "auto" and v.tile_net is not None and f_tile > be
+            if use_dense:
+                amsr_macs = dense_macs
+            elif v.path != "windows":
+                amsr_macs = run_counting_macs(v.amsr, x)[1]
             rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
                          "path": "dense" if use_dense else v.path,
@@ -318,11 +353,11 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         arrays = [x.cpu().numpy() for x in xs]
 
         def amsr_call(i: int) -> Callable[[], Any]:
-            if strategy != "auto" or v.tile_net is None:
-                return lambda: ort.run("amsr", arrays[i])
-            if rows[i]["path"] == "dense":  # mask stage, then the dense graph
+            if strategy == "auto" and rows[i]["path"] == "dense":  # mask stage, then the dense graph
                 return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))
-            return lambda: ort.run("tile_masked", arrays[i], ort.masks(arrays[i]))
+            if strategy != "auto" or v.path == "windows" or (v.tile_net is None and v.path != "rows"):
+                return lambda: ort.run("amsr", arrays[i])
+            return lambda: ort.run("masked", arrays[i], ort.masks(arrays[i]))
 
         calls = {"dense": lambda i: (lambda: ort.run("dense", arrays[i])),
                  "mask": lambda i: (lambda: ort.run("mask", arrays[i])), "amsr": amsr_call}
@@ -370,7 +405,8 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         "model": model.arch.id, "scale": model.scale, "backend": backend, "strategy": strategy,
         "tile": tile if v.tile_net is not None else None,
         "tile_impl": None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
-        "break_even": be if strategy == "auto" and v.tile_net is not None else None, "path": v.path,
+        "break_even": {"rows": rows_be, "windows": windows_be}.get(v.path, be) if strategy == "auto" and (
+            v.tile_net is not None or v.path in ("rows", "windows")) else None, "path": v.path,
         "threads": threads, "device": device_name(dev), "torch": torch.__version__,
         "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point,
         "sparse_tail": sparse_tail and config.output_dilation is not None, "warmup": warmup, "repeats": repeats,

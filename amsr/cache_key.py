@@ -37,7 +37,7 @@ class ExportKey:
     Attributes:
         model, variant, scale: the zoo model.
         kind: ``dense``, or ``amsr-d<dilation>-<MaskConfig.digest()>`` for an accelerated graph, with
-            ``-tile<T>`` for amsr-bench's tile network (another graph).
+            ``-tile<T>`` for amsr-bench's tile network and ``-<execution>`` for another execution (other graphs).
         weights_sha256: the checkpoint file's sha256.
         opset: ONNX opset of the export.
         toolchain: ``onnx_export.toolchain_hash()`` (torch/onnx/onnxscript versions and amsr's source).
@@ -59,8 +59,11 @@ class ExportKey:
 
 
 def export_key(model: str, scale: int, weights: str | os.PathLike[str], config: MaskConfig | None,
-               variant: str = "", opset: int | None = None, tile: int | None = None) -> ExportKey:
-    """The key of an export: ``config=None`` is the dense network; ``tile`` names amsr-bench's tile network."""
+               variant: str = "", opset: int | None = None, tile: int | None = None,
+               execution: str | None = None) -> ExportKey:
+    """The key of an export: ``config=None`` is the dense network; ``tile`` names amsr-bench's tile network,
+    ``execution`` another graph of the same settings (``"stages"``: the per-stage path where a row program
+    exists)."""
     from amsr.export.onnx_export import MIN_OPSET, toolchain_hash
     from amsr.weights import sha256_of
 
@@ -69,6 +72,8 @@ def export_key(model: str, scale: int, weights: str | os.PathLike[str], config: 
         if config is None:
             raise ValueError("a tile network is an accelerated graph: pass its mask config")
         kind += f"-tile{tile}"
+    if execution:
+        kind += f"-{execution}"
     return ExportKey(model=model, variant=variant, scale=scale, kind=kind, weights_sha256=sha256_of(weights),
                      opset=MIN_OPSET if opset is None else opset, toolchain=toolchain_hash())
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from amsr.errors import ExportError
 from amsr.mask import MaskConfig, MaskGenerator
+from amsr.rows import row_program
 from amsr.sparse_conv import MaskContext, MaskedConv2d
 from amsr.sparse_tail import TailMaskedConv
 from amsr.surgery import AcceleratedSR
@@ -278,8 +279,11 @@ class PaddedForExport(nn.Module):
         return y[..., : h * self.scale, : w * self.scale]
 
 
-def prepare_for_export(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the export twins swapped in (module names and parameter sharing kept)."""
+def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
+    """A copy of ``model`` with the export twins swapped in (module names and parameter sharing kept).
+
+    ``rows``: an ``AcceleratedSR`` that has a row program (``amsr.rows.row_program``: CARN / CARN-M with the
+    output blend) is exported as that program; ``False`` keeps the per-stage GatherND/ScatterND path."""
     prepared = copy.deepcopy(model)
     indices = SparseIndices()
     swapped: dict[int, nn.Module] = {}  # CARN-M calls one module three times: swap it once, keep sharing
@@ -288,7 +292,9 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
         if id(m) in swapped:
             return swapped[id(m)]
         new: nn.Module | None = None
-        if isinstance(m, MaskedConv2d):
+        if rows and isinstance(m, AcceleratedSR) and (program := row_program(m)) is not None:
+            new = program
+        elif isinstance(m, MaskedConv2d):
             new = GatherScatterConv2d(m, indices)
         elif isinstance(m, MaskGenerator):
             new = ExportMaskGenerator(m, indices)

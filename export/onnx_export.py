@@ -34,6 +34,7 @@ from torch import nn
 from amsr.errors import BackendUnavailableError, ExportError
 from amsr.export.exportable import export_min_size, mask_generator_of, pads_input, prepare_for_export
 from amsr.files import atomic_path
+from amsr.rows import is_row_program
 
 if TYPE_CHECKING:
     import onnx
@@ -165,14 +166,14 @@ def _kind_and_meta(source: nn.Module, kind: str, min_size: int, stages: dict[str
 
 
 def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sample_size: tuple[int, int] = (64, 64),
-                 output_name: str = OUTPUT_NAME, kind: str | None = None) -> Path:
+                 output_name: str = OUTPUT_NAME, kind: str | None = None, rows: bool = True) -> Path:
     """Export ``model`` (any amsr module taking N×3×H×W) with one output ``output_name``; see ``export_onnx``."""
     _require_onnx_tools()
     import onnx
 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: amsr exports opset ≥ {MIN_OPSET}")
-    prepared = prepare_for_export(model) if output_name == OUTPUT_NAME else model.eval()
+    prepared = prepare_for_export(model, rows=rows) if output_name == OUTPUT_NAME else model.eval()
     min_size = export_min_size(prepared)
     sh, sw = sample_size
     if min(sh, sw) < max(2, min_size):
@@ -183,7 +184,10 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
     proto, stages = _run_passes(proto, opset)
     if kind is None:
         kind = "accelerated" if mask_generator_of(model) is not None else "dense"
-    _set_metadata(proto, _kind_and_meta(model, kind, min_size, stages))
+    meta = _kind_and_meta(model, kind, min_size, stages)
+    if kind == "accelerated":
+        meta["amsr.execution"] = "rows" if any(is_row_program(m) for m in prepared.modules()) else "stages"
+    _set_metadata(proto, meta)
     proto = check_onnx(proto)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
@@ -192,7 +196,7 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
 
 
 def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sample_size: tuple[int, int] = (64, 64),
-                verify: bool = True) -> Path:
+                verify: bool = True, rows: bool = True) -> Path:
     """Export a dense or accelerated model to ONNX and write it atomically.
 
     Args:
@@ -204,19 +208,22 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
         verify: run the written graph in onnxruntime (when installed) at ``sample_size`` and at 17×23 and
             compare it with ``model`` (Polygraphy, atol 1e-4, masks identical); skipped with a warning when
             onnxruntime is missing.
+        rows: export an accelerated CARN / CARN-M with an output blend as its row program (``amsr.rows``:
+            work follows the active pixels end to end); ``False``: the per-stage GatherND/ScatterND graph.
 
     Returns:
         ``out``. The graph has input ``lr`` (N×3×H×W) and output ``sr`` (N×3×sH×sW); accelerated models also
         carry a tensor named ``mask`` (N×1×H×W) that ``passes.expose_mask_output`` can make an output.
         Model metadata: ``amsr.kind`` (dense/accelerated/mask), ``amsr.scale``, ``amsr.min_input_size``,
-        and for accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``.
+        and for accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``,
+        ``amsr.execution`` (``rows`` or ``stages``).
 
     Raises:
         ExportError: the exporter failed, the graph is invalid, or it does not match PyTorch.
         BackendUnavailableError: onnx / onnxscript / onnx-graphsurgeon are not installed.
     """
     with atomic_path(out) as tmp:  # a graph that fails verification never reaches ``out``
-        export_graph(model, tmp, opset=opset, sample_size=sample_size)
+        export_graph(model, tmp, opset=opset, sample_size=sample_size, rows=rows)
         if verify:
             _verify(model, tmp, sample_size)
     return Path(out)

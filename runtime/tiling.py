@@ -1,20 +1,47 @@
 """The one tile loop: an image run in overlapping tiles whose context margins are cropped from the output.
 
-Used by ``OrtUpscaler.upscale_tiled`` (production, also borrowed by ``TrtUpscaler``) and by the dense
-reference of ``runtime.fidelity``. A tile runs with ``overlap`` px of real neighbouring context on every inner
-side; the output equals the whole-image run once ``overlap`` ≥ the network's receptive radius (CARN-M x4: 21
-LR px) and every whole-image decision (the masks) is taken on the whole image, not per tile.
+Used by ``OrtUpscaler.tiles`` / ``upscale_tiled`` (production, also borrowed by ``TrtUpscaler``) and by the
+dense reference of ``runtime.fidelity``. A tile runs with ``overlap`` px of real neighbouring context on every
+inner side; the output equals the whole-image run once ``overlap`` ≥ the network's receptive radius (CARN-M
+x4: 21 LR px) and every whole-image decision (the masks) is taken on the whole image, not per tile.
+
+``iter_tiles`` yields each tile's output without its context (``Tile``) as soon as it is computed, so a caller
+can convert it and write it into its final array (``Upscaler`` writes uint8 straight away: a float32 HR image
+is 4 bytes per HR px and channel, 2.3 GB for a 4000×3000 LR photo at x4); ``run_tiled`` assembles them into
+one float array.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 #: ``run(rows, cols)`` upscales the LR region ``x[:, :, rows, cols]`` (N×C'×s·h×s·w).
 TileRun = Callable[[slice, slice], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile's output without its context: ``sr`` (N×C'×s·h×s·w, a view) covers the LR ``rows``×``cols``."""
+
+    rows: slice
+    cols: slice
+    scale: int
+    sr: np.ndarray
+
+    @classmethod
+    def whole(cls, sr: np.ndarray, size: tuple[int, int]) -> Tile:
+        """The one tile of an image of LR ``size`` (H, W) run whole."""
+        return cls(slice(0, size[0]), slice(0, size[1]), upscale_factor(sr, *size), sr)
+
+    @property
+    def hr(self) -> tuple[slice, slice]:
+        """The HR rows and columns ``sr`` covers."""
+        s = self.scale
+        return slice(self.rows.start * s, self.rows.stop * s), slice(self.cols.start * s, self.cols.stop * s)
 
 
 def tile_bounds(size: int, tile: int) -> list[tuple[int, int]]:
@@ -34,30 +61,52 @@ def context(a: int, b: int, size: int, overlap: int, min_size: int = 1) -> tuple
     return lo, hi
 
 
-def run_tiled(run: TileRun, size: tuple[int, int], tile: int, overlap: int, min_size: int = 1,
-              on_tile: Callable[[], None] | None = None) -> np.ndarray:
-    """Assemble ``run`` over an LR image of ``size`` (H, W) in tiles of at most ``tile`` px with ``overlap`` px
-    of context; ``on_tile`` is called after each tile (progress)."""
+def upscale_factor(sr: np.ndarray, h: int, w: int) -> int:
+    """The integer factor that maps an ``h``×``w`` LR region to ``sr`` (…×s·h×s·w); RuntimeError otherwise."""
+    s = sr.shape[-1] // w
+    if s < 1 or sr.shape[-2] != s * h or sr.shape[-1] != s * w:
+        raise RuntimeError(f"output {sr.shape} is not an integer upscale of a {h}×{w} tile")
+    return s
+
+
+def iter_tiles(run: TileRun, size: tuple[int, int], tile: int, overlap: int, min_size: int = 1) -> Iterator[Tile]:
+    """``run`` over an LR image of ``size`` (H, W) in tiles of at most ``tile`` px with ``overlap`` px of
+    context, row by row; each ``Tile`` holds the output of its own LR span only."""
     h, w = size
-    out: np.ndarray | None = None
-    s = 0
     for y0, y1 in tile_bounds(h, tile):
         for x0, x1 in tile_bounds(w, tile):
             ty0, ty1 = context(y0, y1, h, overlap, min_size)
             tx0, tx1 = context(x0, x1, w, overlap, min_size)
             sr = run(slice(ty0, ty1), slice(tx0, tx1))
-            if out is None:
-                s = sr.shape[-1] // (tx1 - tx0)
-                if sr.shape[-2] != s * (ty1 - ty0) or sr.shape[-1] != s * (tx1 - tx0):
-                    raise RuntimeError(f"output {sr.shape} is not an integer upscale of a "
-                                       f"{ty1 - ty0}×{tx1 - tx0} tile")
-                out = np.empty((sr.shape[0], sr.shape[1], h * s, w * s), dtype=sr.dtype)
-            out[:, :, y0 * s:y1 * s, x0 * s:x1 * s] = sr[:, :, (y0 - ty0) * s:(y1 - ty0) * s,
-                                                          (x0 - tx0) * s:(x1 - tx0) * s]
-            if on_tile is not None:
-                on_tile()
+            s = upscale_factor(sr, ty1 - ty0, tx1 - tx0)
+            core = sr[:, :, (y0 - ty0) * s:(y1 - ty0) * s, (x0 - tx0) * s:(x1 - tx0) * s]
+            yield Tile(slice(y0, y1), slice(x0, x1), s, core)
+
+
+def assemble(tiles: Iterable[Tile], size: tuple[int, int]) -> np.ndarray:
+    """The N×C'×s·H×s·W array of ``tiles`` covering an LR image of ``size`` (dtype of the first tile)."""
+    out: np.ndarray | None = None
+    for t in tiles:
+        if out is None and t.rows == slice(0, size[0]) and t.cols == slice(0, size[1]):
+            return t.sr  # ``Tile.whole``: the image in one run, no copy
+        if out is None:
+            out = np.empty((*t.sr.shape[:2], size[0] * t.scale, size[1] * t.scale), dtype=t.sr.dtype)
+        rows, cols = t.hr
+        out[:, :, rows, cols] = t.sr
     assert out is not None
     return out
+
+
+def run_tiled(run: TileRun, size: tuple[int, int], tile: int, overlap: int, min_size: int = 1,
+              on_tile: Callable[[], None] | None = None) -> np.ndarray:
+    """``iter_tiles`` assembled into one array; ``on_tile`` is called after each tile (progress)."""
+    def counted() -> Iterator[Tile]:
+        for t in iter_tiles(run, size, tile, overlap, min_size):
+            yield t
+            if on_tile is not None:
+                on_tile()
+
+    return assemble(counted(), size)
 
 
 def crop_runner(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> TileRun:

@@ -9,23 +9,29 @@ what user images need:
 - channels: H×W×C with C = 1, 3 or 4 (or H×W, returned H×W). Gray is replicated to RGB for the network and
   returned as the mean of the three output channels. Alpha is **not** sent through the network: the zoo
   networks are trained on RGB only and would invent texture and ringing in a coverage map, so it is
-  upscaled separately with bicubic interpolation (clamped) and re-attached. RGB under transparent pixels is
-  upscaled as stored (straight alpha).
+  upscaled separately with bicubic interpolation (clamped) and re-attached, tile by tile with a 2-px halo
+  when the scale is a power of two (then each tile's bicubic equals the whole image's bit for bit), else
+  once for the whole image (at x3 a tile's sampling positions differ in the last bits: up to 2.3e-5).
+  RGB under transparent pixels is upscaled as stored (straight alpha).
 - tiling (``tile``): the LR image is cut into tiles of at most ``tile``×``tile`` px, each run with ``overlap``
-  px of real neighbouring context that is cropped from its output (``OrtUpscaler.upscale_tiled``). Peak
-  memory then follows the tile, not the image. Dense graphs: equal to the untiled result once ``overlap`` ≥
-  the network's receptive radius (CARN-M x4: 21 px; at 16 px the difference is ≤ 2e-5). Accelerated graphs:
-  by default the mask is computed **once on the whole image** (the graph's cheap mask stage) and every tile
-  runs under its crop of that mask, so tiling does not change which pixels are computed and the result
-  equals the untiled one under the same overlap rule. ``per_tile_mask=True`` lets each tile compute its own
-  mask instead (the mask stage then also runs per tile, but each tile thresholds its own content: on
-  Set14 x4 with 64-px tiles this moved Y-PSNR by up to 0.45 dB). Graphs whose mask is computed after size
-  padding always use per-tile masks (``OrtUpscaler`` logs a warning).
+  px of real neighbouring context that is cropped from its output (``OrtUpscaler.tiles``). Dense graphs:
+  equal to the untiled result once ``overlap`` ≥ the network's receptive radius (CARN-M x4: 21 px; at 16 px
+  the difference is ≤ 2e-5). Accelerated graphs: by default the mask is computed **once on the whole image**
+  (the graph's cheap mask stage) and every tile runs under its crop of that mask, so tiling does not change
+  which pixels are computed and the result equals the untiled one under the same overlap rule.
+  ``per_tile_mask=True`` lets each tile compute its own mask instead (each tile then thresholds its own
+  content: on Set14 x4 with 64-px tiles this moved Y-PSNR by up to 0.45 dB). Graphs whose mask is computed
+  after size padding always use per-tile masks (``OrtUpscaler`` logs a warning).
+- memory: each tile is converted to the output dtype and written into the result as soon as it is computed
+  (per-pixel operations only, so the bytes are those of a whole-image conversion), and the network input is
+  built one channel at a time: a tiled run holds the result, the float32 LR input, the mask stage's
+  one-channel LR maps and one tile's working set, never a float image of the output (2.3 GB for a
+  4000×3000 photo at x4: README, Production inference).
 
 Thread safety: ``Upscaler.__call__`` may be called from several threads at once. onnxruntime's
-``InferenceSession.run`` is thread-safe; the only state created after construction is the pair of derived
-sessions an accelerated graph needs for whole-image-mask tiling, which ``OrtUpscaler`` builds lazily without
-a lock, so the first tiled call builds them under this class's lock.
+``InferenceSession.run`` is thread-safe; the only state created after construction is the derived sessions
+an accelerated graph needs for whole-image-mask tiling (mask head, mask tail, masked network), which
+``OrtUpscaler`` builds lazily without a lock, so the first tiled call builds them under this class's lock.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from amsr.errors import InputImageError
+from amsr.runtime.tiling import Tile, context
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from amsr.cache_key import ExportKey
     from amsr.mask import MaskConfig
@@ -64,6 +71,9 @@ class RunOptions:
         tile: largest LR tile side in px; ``None`` = whole image in one run.
         overlap: LR px of context around each tile (see module docstring).
         per_tile_mask: accelerated graphs: each tile computes its own mask (module docstring).
+        dense_graph: ``auto`` for a row graph (``amsr.execution = rows``): the dense graph of the same model,
+            run instead for an image whose whole-image mask density exceeds ``amsr.rows.DENSE_ABOVE_DENSITY``
+            (there the rows would be slower; the dense output is the better one). ``None``: always the graph.
     """
 
     providers: str | tuple[str, ...] | None = None
@@ -71,6 +81,7 @@ class RunOptions:
     tile: int | None = None
     overlap: int = 16
     per_tile_mask: bool = False
+    dense_graph: Path | None = None
 
     def __post_init__(self) -> None:
         if self.tile is not None and self.tile < 1:
@@ -95,15 +106,17 @@ class Upscaler:
         accelerated: whether the graph is an AMSR (masked) graph.
     """
 
-    def __init__(self, runner: OrtUpscaler, options: RunOptions) -> None:
+    def __init__(self, runner: OrtUpscaler, options: RunOptions, dense: OrtUpscaler | None = None) -> None:
         self._ort = runner
+        self._dense = dense  # ``RunOptions.dense_graph``, opened
+        self.last_ran = "dense" if not runner.accelerated else "accelerated"
         self.options = options
         self.onnx_path = Path(runner.path)
         self.accelerated = bool(runner.accelerated)
         self._scale: int | None = runner.scale
         self._lock = threading.Lock()
-        # Accelerated graphs tile under the whole-image mask through two sessions OrtUpscaler builds on first
-        # use; build them under the lock once (``_run``).
+        # Accelerated graphs tile under the whole-image mask through sessions OrtUpscaler builds on first use;
+        # build them under the lock once (``_tiles``).
         self._lazy_sessions_pending = (self.accelerated and options.tile is not None and not options.per_tile_mask)
 
     @classmethod
@@ -133,14 +146,19 @@ class Upscaler:
         if not path.is_file():
             raise CheckpointError(f"ONNX model not found: {path}")
         prov = list(options.providers) if isinstance(options.providers, tuple) else options.providers
-        return cls(OrtUpscaler(path, providers=prov, threads=options.threads), options)
+        runner = OrtUpscaler(path, providers=prov, threads=options.threads)
+        dense = None
+        if options.dense_graph is not None and runner.metadata.get("amsr.execution") == "rows":
+            dense = OrtUpscaler(options.dense_graph, providers=prov, threads=options.threads)
+        return cls(runner, options, dense)
 
     @classmethod
     def from_model(cls, name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,
                    mask: MaskConfig | None = None, variant: str = "", weights: str | os.PathLike[str] | None = None,
                    cache_dir: str | os.PathLike[str] | None = None, opset: int | None = None,
                    providers: str | Sequence[str] | None = None, threads: int | None = None,
-                   tile: int | None = None, overlap: int = 16, per_tile_mask: bool = False) -> Upscaler:
+                   tile: int | None = None, overlap: int = 16, per_tile_mask: bool = False,
+                   auto: bool = True) -> Upscaler:
         """A zoo model, exported once to a cached ONNX file (``exported_model_path``) and opened with ``from_onnx``.
 
         Args:
@@ -152,6 +170,8 @@ class Upscaler:
             cache_dir: where exported graphs are kept (default ``<amsr cache>/onnx``).
             opset: ONNX opset of the export; ``None`` = the exporter's default (``onnx_export.MIN_OPSET``).
             providers, threads, tile, overlap, per_tile_mask: see ``RunOptions``.
+            auto: a row graph also gets the dense graph (``dense_fallback``), run for images where the rows
+                would be slower (``RunOptions.dense_graph``).
 
         Raises:
             UnsupportedModelError, CheckpointError: as ``load_model``. ExportError: the export failed.
@@ -166,8 +186,11 @@ class Upscaler:
             log.info("%s x%d: %s", name, scale, "shipped default operating point" if accelerated else source["reason"])
         path = exported_model_path(name, scale, dilation=dilation, accelerated=accelerated, mask=mask,
                                    variant=variant, weights=weights, cache_dir=cache_dir, opset=opset)
-        return cls.from_onnx(path, providers=providers, threads=threads, tile=tile, overlap=overlap,
-                             per_tile_mask=per_tile_mask)
+        prov = tuple(providers) if providers is not None and not isinstance(providers, str) else providers
+        options = RunOptions(providers=prov, threads=threads, tile=tile, overlap=overlap, per_tile_mask=per_tile_mask,
+                             dense_graph=dense_fallback(path, name, scale, variant=variant, weights=weights,
+                                                        cache_dir=cache_dir, opset=opset) if auto else None)
+        return cls.from_options(path, options)
 
     @property
     def scale(self) -> int:
@@ -190,34 +213,55 @@ class Upscaler:
         squeeze = img.ndim == 2
         if squeeze:
             img = img[..., None]
-        channels = img.shape[2]
-        unit = _to_unit(img)
-        rgb = unit[..., :3] if channels >= 3 else np.repeat(unit, 3, axis=2)
-        x = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
-        y = self._run(x)
-        s = y.shape[-1] // x.shape[-1]
-        if self._scale is None:
-            self._scale = s  # int assignment: atomic; every thread learns the same value
-        out = np.clip(y[0], 0.0, 1.0).transpose(1, 2, 0)
-        if channels == 1:
-            out = out.mean(axis=2, keepdims=True)
-        elif channels == 4:
-            out = np.concatenate([out, upscale_alpha(unit[..., 3], s)[..., None]], axis=2)
-        result = _from_unit(out, image.dtype)
-        return result[..., 0] if squeeze else result
+        h, w, channels = img.shape
+        alpha = img[..., 3] if channels == 4 else None
+        out: np.ndarray | None = None
+        s = 0
+        for t in self._tiles(_network_input(img)):
+            if out is None:
+                s = t.scale
+                if self._scale is None:
+                    self._scale = s  # int assignment: atomic; every thread learns the same value
+                out = np.empty((h * s, w * s, channels), dtype=image.dtype)
+            rows, cols = t.hr
+            out[rows, cols, :min(channels, 3)] = _pixels(t.sr[0], image.dtype, gray=channels == 1)
+            if alpha is not None and _alpha_tiles_exactly(s):
+                out[rows, cols, 3] = _from_unit(upscale_alpha_region(alpha, t.rows, t.cols, s), image.dtype)
+        assert out is not None
+        if alpha is not None and not _alpha_tiles_exactly(s):
+            out[..., 3] = _from_unit(upscale_alpha(_to_unit(alpha), s), image.dtype)
+        return out[..., 0] if squeeze else out
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _runner_for(self, x: np.ndarray) -> OrtUpscaler:
+        """The graph for ``x``: the accelerated one, or with ``dense_graph`` the dense one where the whole-image
+        mask is denser than ``DENSE_ABOVE_DENSITY`` (the mask stage runs once more: ~1 % of a dense run)."""
+        if self._dense is None:
+            return self._ort
+        from amsr.rows import DENSE_ABOVE_DENSITY
+
+        density = float(self._ort.masks(x)["mask"].mean())
+        use_dense = density > DENSE_ABOVE_DENSITY
+        self.last_ran = "dense" if use_dense else "accelerated"
+        log.debug("mask density %.3f: running the %s graph", density, self.last_ran)
+        return self._dense if use_dense else self._ort
+
+    def _tiles(self, x: np.ndarray) -> Iterable[Tile]:
+        """The network's output on ``x`` (1×3×H×W): one whole tile, or ``OrtUpscaler.tiles``."""
         o = self.options
+        runner = self._runner_for(x)
+        if runner is not self._ort:
+            return [Tile.whole(runner(x), x.shape[-2:])] if o.tile is None else runner.tiles(
+                x, tile=o.tile, overlap=o.overlap)
         if o.tile is None:
-            return self._ort(x)
+            return [Tile.whole(self._ort(x), x.shape[-2:])]
         tiled = max(x.shape[-2:]) > max(o.tile, self._ort.min_input_size)
         if tiled and self._lazy_sessions_pending:
-            with self._lock:
+            with self._lock:  # ``tiles`` builds the sessions (and computes the masks) before it returns
                 if self._lazy_sessions_pending:
-                    out = self._ort.upscale_tiled(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
+                    tiles = self._ort.tiles(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
                     self._lazy_sessions_pending = False
-                    return out
-        return self._ort.upscale_tiled(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
+                    return tiles
+        return self._ort.tiles(x, tile=o.tile, overlap=o.overlap, per_tile_mask=o.per_tile_mask)
 
     def __repr__(self) -> str:
         kind = "accelerated" if self.accelerated else "dense"
@@ -245,11 +289,48 @@ def _to_unit(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / np.float32(_INT_MAX[img.dtype])
 
 
+def _network_input(img: np.ndarray) -> np.ndarray:
+    """H×W×C pixels → the 1×3×H×W float32 network input (gray replicated), converted one channel at a time:
+    no float copy of the whole image beside it."""
+    x = np.empty((1, 3, *img.shape[:2]), dtype=np.float32)
+    for c in range(3):
+        x[0, c] = _to_unit(img[..., c if img.shape[2] >= 3 else 0])
+    return x
+
+
 def _from_unit(out: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     """[0, 1] float → ``dtype`` (integers rounded to the nearest level)."""
     if dtype == np.float32:
         return np.ascontiguousarray(out, dtype=np.float32)
     return np.rint(out * _INT_MAX[np.dtype(dtype)]).astype(dtype)
+
+
+def _pixels(y: np.ndarray, dtype: np.dtype[Any], gray: bool) -> np.ndarray:
+    """A 3×h×w network output (a tile or the whole image) → h×w×3 (``gray``: h×w×1, the channel mean)
+    pixels of ``dtype``, clamped to [0, 1]: per-pixel operations only, so tiles give the whole image's bytes."""
+    out = np.clip(y, 0.0, 1.0).transpose(1, 2, 0)
+    if gray:
+        out = out.mean(axis=2, keepdims=True)
+    return _from_unit(out, dtype)
+
+
+def _alpha_tiles_exactly(scale: int) -> bool:
+    """Whether ``upscale_alpha_region`` equals the whole image's bicubic: at a power-of-two scale torch's
+    sampling positions ``(i + 0.5) / s − 0.5`` are exact in float32 wherever the tile starts."""
+    return scale & (scale - 1) == 0
+
+
+#: LR px of context a bicubic output pixel reads beyond its source pixel (4 taps: −1 … +2).
+BICUBIC_HALO = 2
+
+
+def upscale_alpha_region(alpha: np.ndarray, rows: slice, cols: slice, scale: int) -> np.ndarray:
+    """``upscale_alpha`` of the LR region ``alpha[rows, cols]`` (H×W, the image's dtype), from a crop with
+    ``BICUBIC_HALO`` px of context: the whole image's values there when ``_alpha_tiles_exactly(scale)``."""
+    r0, r1 = context(rows.start, rows.stop, alpha.shape[0], BICUBIC_HALO)
+    c0, c1 = context(cols.start, cols.stop, alpha.shape[1], BICUBIC_HALO)
+    up = upscale_alpha(_to_unit(alpha[r0:r1, c0:c1]), scale)
+    return up[(rows.start - r0) * scale:(rows.stop - r0) * scale, (cols.start - c0) * scale:(cols.stop - c0) * scale]
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -294,6 +375,16 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
         export_onnx(module, dest, opset=key.opset)
 
     return cached_export(out, key, export)
+
+
+def dense_fallback(path: Path, name: str, scale: int, **cache: Any) -> Path | None:
+    """The dense graph ``auto`` needs next to the accelerated graph ``path`` (exported once, cached like it),
+    or ``None`` when ``path`` is not a row graph (only row graphs lose to dense on dense images)."""
+    from amsr.export.metadata import read_metadata
+
+    if read_metadata(path).get("amsr.execution") != "rows":
+        return None
+    return exported_model_path(name, scale, accelerated=False, **cache)
 
 
 def export_cache_path(name: str, scale: int, dilation: int | None = None, accelerated: bool = True, *,

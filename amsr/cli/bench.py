@@ -37,10 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "graphs always do)")
     add_operating_point_arg(p)
     p.add_argument("--strategy", default="auto", choices=STRATEGIES,
-                   help="pixel gather, tile gather, or auto (tile or dense per image; default)")
+                   help="pixel gather, tile gather, rows (CARN/CARN-M with a blend: the net on its active "
+                        "pixels' rows), or auto (per image: rows, tile or dense; default)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"tile size in LR px (default {DEFAULT_TILE})")
     p.add_argument("--break-even", type=float, default=None,
-                   help="auto: active-tile fraction above which the dense network runs (default: per model)")
+                   help="auto: mask density (rows) or active-tile fraction (tile) above which the dense network "
+                        "runs (default: per model)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (median per image; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")

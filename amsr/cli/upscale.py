@@ -225,6 +225,13 @@ def _run(args: argparse.Namespace) -> int:
     written = compare_failed = 0
     if plan.todo:
         onnx = _onnx_path(args)
+        if args.onnx is None and not args.dense:  # auto: a row graph runs dense images on the dense graph
+            from dataclasses import replace
+
+            from amsr.runtime.upscaler import dense_fallback
+
+            options = replace(options, dense_graph=dense_fallback(onnx, args.model, args.scale,
+                                                                  variant=args.variant, weights=args.weights))
         compare = _comparer(args) if args.compare is not None else None
         if args.ray is not None:
             from amsr.runtime.ray_pipeline import upscale_files_ray

@@ -121,8 +121,8 @@ def test_accelerated_matches_torch_and_masks_are_identical_at_odd_sizes(carn_wei
 
 
 def test_default_operating_point_with_output_blend_exports_and_matches_torch(carn_weights: Path) -> None:
-    """The shipped default (output blend, sparse tail in PyTorch) exports: the tail is dense in the graph, which
-    leaves every kept SR pixel unchanged, and both masks come from one mask stage."""
+    """The shipped default (output blend) exports as CARN-M's row program (``amsr.rows``: body and tail computed
+    only where a kept SR pixel needs them), equal to PyTorch, and both masks come from one mask stage."""
     from amsr.operating_point import default_operating_point
 
     cfg = default_operating_point("carn_m", 4)
@@ -134,9 +134,10 @@ def test_default_operating_point_with_output_blend_exports_and_matches_torch(car
     assert result.mask_mismatch_pixels == 0 and result.max_abs_diff <= 1e-4
     model = onnx.load(path)
     produced = {t for n in model.graph.node for t in n.output}
-    assert {"mask", "mask/output", "mask/pixels"} <= produced
+    assert {"mask", "mask/output"} <= produced
+    assert {p.key: p.value for p in model.metadata_props}["amsr.execution"] == "rows"
     mask_ops = collections.Counter(n.op_type for n in model.graph.node if n.name.startswith("mask/"))
-    assert mask_ops["MaxPool"] == 2 and mask_ops["NonZero"] == 1
+    assert mask_ops["MaxPool"] == 2 and mask_ops["NonZero"] == 0  # the rows' indices are built after the masks
     # the blend's upsampling is conv + DepthToSpace and a broadcast (amsr.upsample), not onnxruntime's slow Resize
     assert "Resize" not in {n.op_type for n in model.graph.node}
 

@@ -1,0 +1,261 @@
+"""CARN / CARN-M with the output blend, executed on rows (``amsr.rows.grid``): the same SR values as
+``AcceleratedSR`` (masked body convs, sparse tail, blend), with work that follows the active pixels.
+
+Which pixels are computed (A = network mask, E = output mask, LR grid; ⊕k = dilation by k px):
+
+- the SR output is the network's only at E↑s (bicubic elsewhere), so the exit conv runs there; each tail conv
+  runs where a later one reads it (``tail_sets``: for x4, E↑2 ⊕ 1 at 2×, then E ⊕ 1 at LR), the same pixels
+  ``TailMaskedConv``'s radii give;
+- the body runs on R = A ⊕ 1 ∪ E ⊕ 2: the masked 3×3 convs compute at A and pass their input through at
+  R \\ A (the paper's identity skip), and their 3×3 neighbourhoods lie in A ⊕ 1; every other body layer is
+  per pixel (1×1 convs, ReLU, residual adds, the cascade's concatenations), so it needs no neighbour and
+  runs on R only. The tail reads the body at E ⊕ 2. Pixels outside R never reach a kept SR pixel.
+
+Rows of R are ordered A first, so a masked conv's output is ``cat(conv rows of A, input rows of R \\ A)``.
+The exit conv (64 → 3) is computed as ``features @ W_tap`` (27 columns) followed by a 9-tap gather-add,
+which moves 27 values per HR pixel instead of the 576 of a gathered 3×3 neighbourhood.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amsr.errors import UnsupportedModelError
+from amsr.mask import MaskGenerator, dilate
+from amsr.rows.grid import (
+    block_diagonal,
+    conv1x1_rows,
+    conv3x3_rows,
+    conv3x3_weight,
+    full_taps,
+    grid_of,
+    padded_pixel_rows,
+    pixels_of,
+    taps,
+    with_zero_row,
+)
+from amsr.sparse_conv import MaskedConv2d
+from amsr.sparse_tail import TailMaskedConv
+from amsr.tracing import is_tracing
+from amsr.upsample import bicubic_upscale, nearest_upscale
+from amsr.zoo.carn_arch import CARN, CascadingBlock, EfficientResidualBlock, ResidualBlock, ScaleBranch
+
+
+def _plain(conv: nn.Module) -> nn.Conv2d:
+    inner = conv.conv if isinstance(conv, (MaskedConv2d, TailMaskedConv)) else conv
+    assert isinstance(inner, nn.Conv2d)
+    return inner
+
+
+class RowConv3x3(nn.Module):
+    """A 3×3 conv on rows (P×I → P×O); a grouped conv as its ``block_diagonal`` weight. Buffers, so the
+    graph holds each as one constant."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        weight = block_diagonal(conv.weight.detach(), conv.groups)
+        self.register_buffer("weight", conv3x3_weight(weight), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone(), persistent=False)
+        self.macs_per_row = conv.out_channels * (conv.in_channels // conv.groups) * 9  # the grouped conv's
+
+    def forward(self, source: torch.Tensor, tap_rows: torch.Tensor) -> torch.Tensor:
+        return conv3x3_rows(source, tap_rows, self.weight, self.bias)
+
+
+class RowTailConv(nn.Module):
+    """A grouped tail conv followed by ``pixel_shuffle(r)``, per group on rows: g sources (P_s×I/g, zero rows
+    appended) → g outputs ((P·r²)×(O/g/r²)), group k of the shuffled map, ready as group k of the next one.
+
+    Per group rather than block-diagonal: the 64 → 256 convs of CARN-M's upsampler would do 4× the
+    multiplies at up to 4× the LR pixel count. Output channels are permuted sub-pixel-major at build time,
+    so the shuffle is a reshape (no Transpose): shuffled channel c·r² + s of group k is its output row s·(O/g/r²) + c.
+    """
+
+    def __init__(self, conv: nn.Conv2d, factor: int) -> None:
+        super().__init__()
+        g, r2 = conv.groups, factor * factor
+        og = conv.out_channels // g
+        if og % r2:
+            raise UnsupportedModelError(f"tail conv: {og} output channels per group do not split into {r2} sub-pixels")
+        self.groups, self.factor = g, factor
+        local = torch.arange(og).reshape(og // r2, r2).t().reshape(-1)  # new order (s, c) ← old c·r² + s
+        weight = conv.weight.detach().reshape(g, og, *conv.weight.shape[1:])[:, local]
+        bias = conv.bias.detach().reshape(g, og)[:, local] if conv.bias is not None else None
+        for k in range(g):
+            self.register_buffer(f"weight{k}", conv3x3_weight(weight[k]), persistent=False)
+            self.register_buffer(f"bias{k}", None if bias is None else bias[k].clone(), persistent=False)
+        self.macs_per_row = conv.out_channels * (conv.in_channels // g) * 9
+
+    def forward(self, sources: list[torch.Tensor], tap_rows: torch.Tensor) -> list[torch.Tensor]:
+        r2 = self.factor * self.factor
+        out = []
+        for k, source in enumerate(sources):
+            y = conv3x3_rows(source, tap_rows, getattr(self, f"weight{k}"), getattr(self, f"bias{k}")).relu()
+            out.append(with_zero_row(y.reshape(y.shape[0] * r2, -1), r2))
+        return out
+
+
+class RowConv1x1(nn.Module):
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach().clone(), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone(), persistent=False)
+        self.macs_per_row = conv.out_channels * conv.in_channels
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return conv1x1_rows(rows, self.weight, self.bias)
+
+
+class _Unit(nn.Module):
+    """A residual unit of the cascade on rows (CARN: conv-ReLU-conv; CARN-M: gconv-ReLU-gconv-ReLU-1×1).
+    Input/output: rows P×C of R (A first)."""
+
+    def __init__(self, unit: nn.Module) -> None:
+        super().__init__()
+        body = unit.body
+        for i in (0, 2):
+            if not isinstance(body[i], MaskedConv2d):
+                raise UnsupportedModelError("row execution needs every body 3×3 conv masked "
+                                            f"(found an unmasked {type(body[i]).__name__})")
+        self.conv1 = RowConv3x3(_plain(body[0]))
+        self.conv2 = RowConv3x3(_plain(body[2]))
+        self.pointwise = RowConv1x1(body[4]) if isinstance(unit, EfficientResidualBlock) else None
+
+    def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
+        n_a = taps_a.shape[0]
+        y = _masked(self.conv1, x, taps_a, n_a).relu()
+        y = _masked(self.conv2, y, taps_a, n_a)
+        if self.pointwise is not None:
+            y = self.pointwise(y.relu())
+        return (y + x).relu()
+
+
+def _masked(conv: RowConv3x3, x: torch.Tensor, taps_a: torch.Tensor, n_a: int | torch.Tensor) -> torch.Tensor:
+    """The masked conv: conv at the A rows (first), input passed through at the rest of R."""
+    return torch.cat([conv(with_zero_row(x), taps_a), x[n_a:]], dim=0)
+
+
+class _Cascade(nn.Module):
+    def __init__(self, units: list[nn.Module], fuses: list[nn.Module]) -> None:
+        super().__init__()
+        self.units = nn.ModuleList(units)
+        self.fuses = nn.ModuleList(RowConv1x1(f.body[0]) for f in fuses)
+
+    def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
+        cat, o = x, x
+        for unit, fuse in zip(self.units, self.fuses):
+            cat = torch.cat([cat, unit(o, taps_a)], dim=1)
+            o = fuse(cat).relu()
+        return o
+
+
+def _block(block: CascadingBlock) -> _Cascade:
+    if block.efficient:
+        shared = _Unit(block.b1)
+        units: list[nn.Module] = [shared, shared, shared]
+    else:
+        units = [_Unit(block.b1), _Unit(block.b2), _Unit(block.b3)]
+    return _Cascade(units, [block.c1, block.c2, block.c3])
+
+
+class RowCARN(nn.Module):
+    """``AcceleratedSR`` of a CARN / CARN-M with an output blend, on rows. forward: N×3×H×W → N×3×sH×sW."""
+
+    def __init__(self, mask_generator: MaskGenerator, net: CARN, scale: int) -> None:
+        super().__init__()
+        config = mask_generator.config
+        if config.output_dilation is None:
+            raise UnsupportedModelError("row execution needs the output blend (output_dilation)")
+        self.mask_generator = mask_generator
+        self.output_dilation = config.output_dilation
+        self.scale = scale
+        self.sub_mean = RowConv1x1(net.sub_mean.shifter)
+        self.add_mean = RowConv1x1(net.add_mean.shifter)
+        self.entry = RowConv3x3(net.entry)
+        self.body = _Cascade([_block(net.b1), _block(net.b2), _block(net.b3)], [net.c1, net.c2, net.c3])
+        branch: ScaleBranch = getattr(net.upsample, f"up{scale}")
+        layers = list(branch.body)
+        self.steps = [int(ps.upscale_factor) for ps in layers[2::3]]
+        self.tail = nn.ModuleList(RowTailConv(_plain(c), r) for c, r in zip(layers[0::3], self.steps))
+        exit_conv = _plain(net.exit)
+        # exit weight O×I×3×3 → I×(9·O), tap-major: features @ W gives each tap's contribution per pixel.
+        self.register_buffer("exit_weight", exit_conv.weight.detach().permute(1, 2, 3, 0).reshape(
+            exit_conv.in_channels, -1), persistent=False)
+        self.register_buffer("exit_bias", exit_conv.bias.detach().clone(), persistent=False)
+        self.exit_channels = exit_conv.out_channels
+        self.exit_macs_per_row = exit_conv.out_channels * exit_conv.in_channels * 9
+        self.last_macs = 0
+
+    def tail_sets(self, output_mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """(exit pixels at s×, each tail conv's pixels at its resolution, body pixels the tail reads at LR)."""
+        exit_set = nearest_upscale(output_mask, self.scale)
+        need = dilate(exit_set, 1)
+        sets: list[torch.Tensor] = []
+        for r in reversed(self.steps):
+            computed = F.max_pool2d(need, kernel_size=r, stride=r)
+            sets.insert(0, computed)
+            need = dilate(computed, 1)
+        return exit_set, sets, need
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        mask, output_mask = self.mask_generator(x, output_dilation=self.output_dilation)
+        exit_set, sets, body_need = self.tail_sets(output_mask)
+        region = torch.maximum(dilate(mask, 1), body_need)
+        active = pixels_of(mask)
+        pixels = torch.cat([active, pixels_of(region * (1 - mask))], dim=0)
+        body = grid_of(pixels, n, h, w)
+        taps_a = taps(active, body)
+
+        # Entry: sub_mean per pixel, then the 3×3 conv at R read from the zero-padded normalised image.
+        normalised = F.conv2d(x, self.sub_mean.weight, self.sub_mean.bias)
+        feat = self.entry(with_zero_row(padded_pixel_rows(normalised)), full_taps(pixels, h, w))
+        feat = self.body(feat, taps_a)
+
+        sources = list(torch.split(with_zero_row(feat), feat.shape[1] // self.tail[0].groups, dim=1))
+        source_grid, factor = body, 1
+        tail_rows: list[int] = []
+        for conv, r, computed in zip(self.tail, self.steps, sets):
+            out_pixels = pixels_of(computed)
+            tail_rows.append(0 if is_tracing() else int(out_pixels.shape[0]))
+            sources = conv(sources, taps(out_pixels, source_grid, factor))
+            hh, ww = computed.shape[-2], computed.shape[-1]
+            source_grid, factor = grid_of(out_pixels, n, hh, ww), r
+
+        exit_pixels = pixels_of(exit_set)
+        part = sources[0].shape[1]  # the exit conv reads the groups' channels in order
+        contributions = sum(src @ self.exit_weight[k * part:(k + 1) * part] for k, src in enumerate(sources))
+        contributions = contributions.reshape(-1, self.exit_channels)  # ((P+1)r²·9)×3
+        tap_rows = taps(exit_pixels, source_grid, factor) * 9 + torch.arange(9, device=x.device)
+        sr_rows = torch.index_select(contributions, 0, tap_rows.reshape(-1)).reshape(
+            -1, 9, self.exit_channels).sum(dim=1)
+        sr_rows = self.add_mean(sr_rows + self.exit_bias)
+
+        s = self.scale
+        bic = bicubic_upscale(x, s).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        flat = (exit_pixels[:, 0] * (h * s) + exit_pixels[:, 1]) * (w * s) + exit_pixels[:, 2]
+        out = bic.index_put((flat,), sr_rows)
+        if not is_tracing():
+            self.last_macs = self._count(int(active.shape[0]), int(pixels.shape[0]), tail_rows, int(exit_pixels.shape[0]))
+        return out.reshape(n, h * s, w * s, -1).permute(0, 3, 1, 2)
+
+    def _count(self, n_a: int, n_r: int, tail_rows: list[int], n_exit: int) -> int:
+        """MACs of one forward: the masked convs at A, every other body layer at R, each tail conv at its rows
+        (grouped convs counted as grouped, as ``amsr.cost`` counts the dense network)."""
+        macs = n_r * (self.entry.macs_per_row + self.sub_mean.macs_per_row)
+        for cascade in self.body.units:
+            assert isinstance(cascade, _Cascade)
+            for unit in cascade.units:
+                assert isinstance(unit, _Unit)
+                macs += n_a * (unit.conv1.macs_per_row + unit.conv2.macs_per_row)
+                macs += n_r * (unit.pointwise.macs_per_row if unit.pointwise is not None else 0)
+            macs += n_r * sum(f.macs_per_row for f in cascade.fuses)
+        macs += n_r * sum(f.macs_per_row for f in self.body.fuses)
+        macs += sum(rows * conv.macs_per_row for rows, conv in zip(tail_rows, self.tail))
+        return macs + n_exit * (self.exit_macs_per_row + self.add_mean.macs_per_row)
+
+    def effective_macs(self) -> int:
+        """Multiply-accumulates of the last eager call (``amsr.cost``)."""
+        return self.last_macs

@@ -1,0 +1,139 @@
+"""Row layout: the active pixels of a feature map as the rows of one P×C matrix, with 3×3 neighbour tables.
+
+A masked CNN computes a pixel's output from its 3×3 neighbourhood. Kept as NCHW maps, every sparse stage
+moves the whole map between layouts (the pixel path's Transpose was 88 % of its stage time, README §5).
+Here the pixels that matter are gathered once into rows (P×C, one row per pixel, in ``nonzero`` order) and
+stay rows through the network: a 3×3 conv is one Gather of the 9 neighbour rows (a P×9 index table, the
+rows of absent neighbours pointing at an appended zero row, as zero padding would) and one MatMul; a 1×1
+conv, an activation, a residual add or a channel concat is a row op. Work follows the row count.
+
+Grids at several resolutions (the tail after each pixel shuffle): the rows of a fine grid read a coarse
+grid's rows through the shuffle's channel order, ``row · r² + sub-pixel``, so no full map is ever built.
+All index arithmetic is int64 and traceable (``torch.onnx.export``: NonZero, Gather, ScatterND).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def pixels_of(mask: torch.Tensor) -> torch.Tensor:
+    """(n, y, x) of the pixels where ``mask`` (N×1×H×W, 0/1) is 1, row-major: P×3 int64."""
+    return torch.nonzero(mask[:, 0] > 0.5)
+
+
+@dataclass
+class Grid:
+    """A set of pixels at one resolution held as rows: ``pixels`` P×3 (n, y, x) and the lookup from a
+    position of the 1-px padded map to its row (``index``: flat (N·(H+2)·(W+2)), P where the pixel is absent,
+    i.e. the appended zero row)."""
+
+    pixels: torch.Tensor
+    index: torch.Tensor
+    height: int | torch.Tensor
+    width: int | torch.Tensor
+
+    @property
+    def rows(self) -> int | torch.Tensor:
+        return self.pixels.shape[0]
+
+
+def grid_of(pixels: torch.Tensor, batch: int | torch.Tensor, height: int | torch.Tensor,
+            width: int | torch.Tensor) -> Grid:
+    """The ``Grid`` of ``pixels`` (P×3, distinct) on an N×H×W map."""
+    hp, wp = height + 2, width + 2
+    p = pixels.shape[0]
+    index = torch.full((batch * hp * wp,), 0, dtype=torch.int64, device=pixels.device) + p
+    flat = (pixels[:, 0] * hp + pixels[:, 1] + 1) * wp + pixels[:, 2] + 1
+    index = index.index_put((flat,), torch.arange(p, device=pixels.device))
+    return Grid(pixels, index, height, width)
+
+
+def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
+    """P×9 rows of ``source`` read by a 3×3 conv at the pixels ``out`` (P×3 on a grid ``factor``× finer).
+
+    ``factor`` = 1: the neighbours' rows in ``source`` (its zero row, P_source, outside it). ``factor`` = r:
+    ``source`` holds the features *before* a pixel shuffle by r (rows of C·r² channels); the fine neighbour
+    (Y, X) is sub-pixel ((Y mod r)·r + X mod r) of coarse pixel (Y div r, X div r), i.e. row
+    ``coarse_row · r² + sub`` of the source features viewed as (P_source·r²)×C (``shuffled_rows``), and the
+    zero row of the source maps to ``P_source·r² + sub``, which ``shuffled_rows`` also makes zero.
+    """
+    hp, wp = source.height + 2, source.width + 2
+    dy = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1], device=out.device)
+    dx = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1], device=out.device)
+    # Shift by r so that the coarse coordinate of the 1-px padded map is (Y + dy + r) div r (non-negative).
+    yy = out[:, 1:2] + dy + factor
+    xx = out[:, 2:3] + dx + factor
+    flat = (out[:, 0:1] * hp + torch.div(yy, factor, rounding_mode="floor")) * wp + torch.div(
+        xx, factor, rounding_mode="floor")
+    rows = torch.index_select(source.index, 0, flat.reshape(-1)).reshape(flat.shape)
+    if factor == 1:
+        return rows
+    return rows * (factor * factor) + torch.remainder(yy, factor) * factor + torch.remainder(xx, factor)
+
+
+def with_zero_row(features: torch.Tensor, count: int = 1) -> torch.Tensor:
+    """``features`` (P×C) with ``count`` zero rows appended: what ``taps`` points absent neighbours at."""
+    return torch.cat([features, features.new_zeros(count, features.shape[1])], dim=0)
+
+
+def shuffled_rows(features: torch.Tensor, factor: int) -> torch.Tensor:
+    """Rows of C·r² channels (a conv before ``pixel_shuffle(r)``) as (P+1)·r² rows of C: row p·r² + sub is
+    sub-pixel ``sub`` of pixel p (``pixel_shuffle`` reads channel c·r² + sub), the last r² rows zero."""
+    p, cr = features.shape
+    r2 = factor * factor
+    fine = features.reshape(p, cr // r2, r2).transpose(1, 2).reshape(p * r2, cr // r2)
+    return with_zero_row(fine, r2)
+
+
+def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped conv's weight (O×I/g×k×k) as the dense O×I×k×k weight with zeros across groups.
+
+    On rows a grouped 3×3 conv runs faster as one MatMul with this weight than per group, although it does
+    g× the multiplies: a 64-channel group-4 conv at 80 000 rows (onnxruntime CPU, 2 threads) took 112 ms
+    block-diagonal, 129 ms as 4 gathers + MatMuls, 149 ms as one batched MatMul between two Transposes, and
+    31 ms as the dense Conv on a map of as many pixels (``scripts/bench_row_conv.py``): on rows a 3×3 conv
+    costs ~3.6× the dense one per pixel (the 9-tap gather), so rows pay below ~30 % density."""
+    o, ig = weight.shape[0], weight.shape[1]
+    og = o // groups
+    full = weight.new_zeros(o, ig * groups, *weight.shape[2:])
+    for g in range(groups):
+        full[g * og:(g + 1) * og, g * ig:(g + 1) * ig] = weight[g * og:(g + 1) * og]
+    return full
+
+
+def conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3×3 conv's dense weight (O×I×3×3) as O×(9·I), tap-major: the rows of ``F.linear`` over gathered
+    tap rows (P×9×I flattened)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def conv3x3_rows(source: torch.Tensor, tap_rows: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """The conv at P pixels: ``source`` rows with zero row(s) appended, ``tap_rows`` P×9, ``weight`` from
+    ``conv3x3_weight``. One Gather, one Gemm."""
+    patches = torch.index_select(source, 0, tap_rows.reshape(-1)).reshape(tap_rows.shape[0], -1)
+    return F.linear(patches, weight, bias)
+
+
+def conv1x1_rows(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1×1 conv (weight O×I×1×1) on rows P×I."""
+    return F.linear(features, weight[:, :, 0, 0], bias)
+
+
+def padded_pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` zero-padded by 1 px as (N·(H+2)·(W+2))×C rows: the source of a 3×3 conv read straight from an
+    NCHW input (``full_taps``)."""
+    c = x.shape[1]
+    return F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, c)
+
+
+def full_taps(out: torch.Tensor, height: int | torch.Tensor, width: int | torch.Tensor) -> torch.Tensor:
+    """P×9 rows of ``padded_pixel_rows`` read by a 3×3 conv at the pixels ``out`` of an H×W input."""
+    hp, wp = height + 2, width + 2
+    dy = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2], device=out.device)
+    dx = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2], device=out.device)
+    return (out[:, 0:1] * hp + out[:, 1:2] + dy) * wp + out[:, 2:3] + dx

@@ -1,0 +1,57 @@
+"""``auto`` in the Upscaler: a row graph runs images whose mask is dense on the dense graph instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amsr.images import read_rgb8
+from amsr.rows import DENSE_ABOVE_DENSITY
+from tests.conftest import weight_file
+
+
+@pytest.fixture(scope="module")
+def graphs(weights_dir: Path) -> tuple[Path, Path]:
+    from tests.onnx_exports import exported, exported_blend
+
+    weights = weight_file(weights_dir, "carn_m.pth")
+    return exported_blend(weights), exported("dense", weights)
+
+
+def _crop(data_dir: Path, name: str, rows: slice, cols: slice) -> np.ndarray:
+    path = data_dir / "Photos2K" / "x4" / "LR" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set AMSR_DATA_DIR)")
+    return np.ascontiguousarray(read_rgb8(path)[rows, cols])
+
+
+@pytest.mark.parametrize("tile", [None, 48])
+def test_auto_runs_dense_images_densely_and_sparse_images_on_rows(graphs: tuple[Path, Path], data_dir: Path,
+                                                                  tile: int | None) -> None:
+    from amsr.runtime.onnxrt import OrtUpscaler
+    from amsr.runtime.upscaler import RunOptions, Upscaler
+
+    rows_graph, dense_graph = graphs
+    assert OrtUpscaler(rows_graph).metadata["amsr.execution"] == "rows"
+    auto = Upscaler.from_options(rows_graph, RunOptions(threads=1, tile=tile, dense_graph=dense_graph))
+    textured = _crop(data_dir, "img_005.png", slice(0, 96), slice(0, 128))  # density ≈ 1
+    flat = _crop(data_dir, "img_001.png", slice(0, 96), slice(0, 160))  # density ≈ 0.01
+    for image, expect in ((textured, "dense"), (flat, "accelerated")):
+        density = float(auto._ort.masks(image.transpose(2, 0, 1)[None].astype(np.float32) / 255)["mask"].mean())
+        assert (density > DENSE_ABOVE_DENSITY) == (expect == "dense")
+        out = auto(image)
+        assert auto.last_ran == expect
+        graph = dense_graph if expect == "dense" else rows_graph
+        alone = Upscaler.from_options(graph, RunOptions(threads=1, tile=tile))(image)
+        np.testing.assert_array_equal(out, alone)
+
+
+def test_no_dense_graph_for_stage_graphs(graphs: tuple[Path, Path], weights_dir: Path) -> None:
+    """Only a row graph gets the fallback: a dense graph handed to ``dense_graph`` of a dense graph is unused."""
+    from amsr.runtime.upscaler import RunOptions, Upscaler
+
+    _, dense_graph = graphs
+    up = Upscaler.from_options(dense_graph, RunOptions(threads=1, dense_graph=dense_graph))
+    assert up._dense is None
