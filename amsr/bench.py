@@ -43,7 +43,7 @@ import torch
 from amsr import paths
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
-from amsr.images import list_images, read_rgb8, to_tensor
+from amsr.images import lr_images, read_rgb8, to_tensor
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel, unwrap_accelerated
 from amsr.rows import DENSE_ABOVE_DENSITY, row_program
@@ -82,15 +82,6 @@ def default_break_even(model_id: str, device_type: str) -> float:
     if device_type == "cuda":
         return CUDA_BREAK_EVEN
     return BREAK_EVEN.get(model_id, DEFAULT_BREAK_EVEN)
-
-
-def bench_images(data: Path) -> list[Path]:
-    """LR images of a benchmark folder: ``DIR/LR/*`` when there is one, else ``DIR/*``."""
-    folder = data / "LR" if (data / "LR").is_dir() else data
-    images = list_images(folder)
-    if not images:
-        raise AmsrError(f"no images in {folder}")
-    return images
 
 
 @dataclass
@@ -314,7 +305,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     be = break_even if break_even is not None else default_break_even(model.arch.id, dev.type)
     rows_be = break_even if break_even is not None else ROWS_BREAK_EVEN
     windows_be = break_even if break_even is not None else WINDOWS_BREAK_EVEN
-    paths_img = bench_images(Path(data))[: limit or None]
+    paths_img = lr_images(data)[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     torch.set_num_threads(threads)
     v = build_variants(model, config, strategy, tile, sparse_tail=sparse_tail)

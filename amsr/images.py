@@ -100,3 +100,17 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not folder.is_dir():
         raise InputImageError(f"{folder}: no such folder")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def lr_images(data: str | os.PathLike[str]) -> list[Path]:
+    """The LR images of a data folder: ``data/LR/*`` when it has an LR/ folder, else ``data/*``.
+
+    Raises:
+        InputImageError: no such folder, or no images in it.
+    """
+    data = Path(data)
+    folder = data / "LR" if (data / "LR").is_dir() else data
+    images = list_images(folder)
+    if not images:
+        raise InputImageError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images

@@ -140,8 +140,9 @@ def export_with_sparse_impl(model: nn.Module, out: str | Path, sparse_impl: str 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".amsr-export-", dir=out.parent) as tmp:
+        # The plugin replaces per-stage GatherND/ScatterND convs: export that graph, not the row program.
         dense_path = export_onnx(model, Path(tmp) / "gather_scatter.onnx", opset=opset, sample_size=sample_size,
-                                 verify=verify)
+                                 verify=verify, rows=False)
         plugin = plugin_graph_from(onnx.load(str(dense_path)))
     with atomic_path(out) as dst:
         onnx.save(plugin, str(dst))

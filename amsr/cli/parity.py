@@ -134,13 +134,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
     """``--fidelity``: the graph tiled as amsr-upscale runs it, against the dense model (runtime/fidelity.py)."""
+    from amsr.images import lr_images
     from amsr.runtime.fidelity import BLOCK, FidelityThresholds, check_fidelity, fidelity_line, fidelity_report
 
     kind = meta.get("amsr.kind", "dense")
     if kind not in ("dense", "accelerated"):
         raise AmsrError(f"{args.onnx}: --fidelity checks full models, not a {kind!r} graph")
     model = _model(args, meta)
-    images = _lr_images(args.data)
+    images = lr_images(args.data)
     thresholds = FidelityThresholds()
     rows = []
     for r in check_fidelity(args.onnx, images, model.dense(), tile=args.tile, threads=args.threads,
@@ -160,17 +161,6 @@ def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
 
 def _providers(args: argparse.Namespace) -> str | list[str] | None:
     return args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
-
-
-def _lr_images(data: Path) -> list[Path]:
-    """The images of ``data/LR``, or of ``data`` itself when it has no LR/ folder."""
-    from amsr.images import list_images
-
-    folder = data / "LR" if (data / "LR").is_dir() else data
-    images = list_images(folder)
-    if not images:
-        raise AmsrError(f"{folder}: no images (PNG, JPEG, BMP, WebP, TIFF)")
-    return images
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

@@ -16,10 +16,11 @@ from amsr.zoo.carn_arch import CARN
 
 
 # Mask density above which a row graph is slower than the dense network (onnxruntime CPU, 2 threads): on rows a
-# 3×3 conv costs ~3.6× the dense conv per pixel (the 9-tap gather), and CARN-M x4's shipped default measured
-# row/dense ≈ 0.05 + 2.7·density per image on Photos2K (results/bench/photos). ``auto`` (amsr-bench, the
-# Upscaler) runs the dense network above it.
-DENSE_ABOVE_DENSITY = 0.35
+# 3×3 conv costs ~3.6× the dense conv per pixel (the 9-tap gather, scripts/bench_row_conv.py), and CARN-M x4's
+# shipped default measured row/dense ≈ 2.3·density per Photos2K image: 0.94 at density 0.39, 1.02 at 0.49
+# (results/bench/photos/carn_m_x4_photos2k_default_rows.json). ``auto`` (amsr-bench, the Upscaler) runs the
+# dense network above it.
+DENSE_ABOVE_DENSITY = 0.40
 
 
 def row_program(acc: AcceleratedSR) -> nn.Module | None:

@@ -134,6 +134,10 @@ def test_model_at_the_default_operating_point(tmp_path: Path, weights_dir: Path,
                      "--weights", weights_dir / "carn_m.pth", "--operating-point", "default")
     assert rc == 0, lines
     assert Image.open(tmp_path / "o" / "a.png").size == (18 * 4, 14 * 4)
-    (graph,) = (tmp_path / "cache").rglob("*.onnx")
+    graphs = {read_metadata(g)["amsr.kind"]: g for g in (tmp_path / "cache").rglob("*.onnx")}
+    # The row graph, and the dense graph ``auto`` runs for images denser than DENSE_ABOVE_DENSITY.
+    assert set(graphs) == {"accelerated", "dense"}
+    graph = graphs["accelerated"]
+    assert read_metadata(graph)["amsr.execution"] == "rows"
     cfg = default_operating_point("carn_m", 4)
     assert cfg is not None and json.loads(read_metadata(graph)["amsr.mask_config"]) == vars(cfg)

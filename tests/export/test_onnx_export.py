@@ -302,3 +302,21 @@ def test_export_caches_are_keyed_by_the_exporting_source(tmp_path: Path) -> None
     f.write_text("x = 2\n")
     assert source_hash([tmp_path / "pkg"], "torch=1") != before
     assert len(toolchain_hash()) == 8
+
+
+def test_export_verifies_on_image_like_inputs(weights_dir: Path, tmp_path: Path) -> None:
+    """PAN x4 maps uniform white noise to 1e21 (in PyTorch too), so verifying on white noise failed every PAN
+    export ("ONNX output differs", max |Δ| 3.6e21); the verification input is image-like and the export works."""
+    from amsr.export.onnx_export import verification_image
+    from amsr.models import load_model
+    from tests.conftest import weight_file
+
+    x = verification_image(40, 52, torch.Generator().manual_seed(1))
+    assert x.shape == (1, 3, 40, 52) and 0 <= float(x.min()) and float(x.max()) <= 1
+    density = float(compute_mask(x, MaskConfig()).mean())
+    assert 0.05 < density < 0.95  # flat and textured parts, so accelerated exports are checked on both
+    weights = weight_file(weights_dir, "pan_x4.pth")
+    model = load_model("pan", 4, weights=weights).dense()
+    with torch.no_grad():
+        assert float(model(torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))).abs().max()) > 1e6
+    export_onnx(model, tmp_path / "pan.onnx")  # raised ExportError before
