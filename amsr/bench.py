@@ -69,7 +69,9 @@ WINDOWS_BREAK_EVEN = 0.9
 # extra Reorder in the profile vs ≤ 770 ms/img for the 18 dense grouped convs they replace).
 # IMDN (T=8, first 7 Set14 images): tile stages ≈ 95 ms/img of data movement + Reorder vs ≈ 72 ms/img for the 6
 # dense c1 convs (31 % of its MACs): f* < 0 as well.
-BREAK_EVEN: dict[str, float] = {"carn_m": -1.0, "imdn": -1.0}
+# PAN x4 default (T=16, Photos2K): the tile network measured 1.35–1.69× dense on every image it ran, even at
+# density 0.03–0.22 (gmacs_ratio 0.68–0.78; results/bench/photos/pan_x4_photos2k_default_auto.json): f* < 0.
+BREAK_EVEN: dict[str, float] = {"carn_m": -1.0, "imdn": -1.0, "pan": -1.0}
 DEFAULT_BREAK_EVEN = 0.5
 # PyTorch on CUDA (measured on an H200, results/bench/gpu): the tile network was slower than dense for every
 # CNN (CARN-M, PAN, IMDN) at every mask measured (ratio 2.4–16), and one tile conv costs 0.95–2.1× the dense
