@@ -40,7 +40,7 @@ from amsr.sparse_conv import MaskedConv2d
 from amsr.sparse_tail import TailMaskedConv
 from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
-from amsr.zoo.carn_arch import CARN, CascadingBlock, EfficientResidualBlock, ResidualBlock, ScaleBranch
+from amsr.zoo.carn_arch import CARN, CascadingBlock, EfficientResidualBlock, ScaleBranch
 
 
 def _plain(conv: nn.Module) -> nn.Conv2d:

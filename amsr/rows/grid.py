@@ -36,10 +36,6 @@ class Grid:
     height: int | torch.Tensor
     width: int | torch.Tensor
 
-    @property
-    def rows(self) -> int | torch.Tensor:
-        return self.pixels.shape[0]
-
 
 def grid_of(pixels: torch.Tensor, batch: int | torch.Tensor, height: int | torch.Tensor,
             width: int | torch.Tensor) -> Grid:
@@ -58,8 +54,8 @@ def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
     ``factor`` = 1: the neighbours' rows in ``source`` (its zero row, P_source, outside it). ``factor`` = r:
     ``source`` holds the features *before* a pixel shuffle by r (rows of C·r² channels); the fine neighbour
     (Y, X) is sub-pixel ((Y mod r)·r + X mod r) of coarse pixel (Y div r, X div r), i.e. row
-    ``coarse_row · r² + sub`` of the source features viewed as (P_source·r²)×C (``shuffled_rows``), and the
-    zero row of the source maps to ``P_source·r² + sub``, which ``shuffled_rows`` also makes zero.
+    ``coarse_row · r² + sub`` of the source features viewed as (P_source·r²)×C, and the zero row of the source
+    maps to ``P_source·r² + sub``, which must be zero too (``carn.RowTailConv`` appends r² zero rows).
     """
     hp, wp = source.height + 2, source.width + 2
     dy = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1], device=out.device)
@@ -78,15 +74,6 @@ def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
 def with_zero_row(features: torch.Tensor, count: int = 1) -> torch.Tensor:
     """``features`` (P×C) with ``count`` zero rows appended: what ``taps`` points absent neighbours at."""
     return torch.cat([features, features.new_zeros(count, features.shape[1])], dim=0)
-
-
-def shuffled_rows(features: torch.Tensor, factor: int) -> torch.Tensor:
-    """Rows of C·r² channels (a conv before ``pixel_shuffle(r)``) as (P+1)·r² rows of C: row p·r² + sub is
-    sub-pixel ``sub`` of pixel p (``pixel_shuffle`` reads channel c·r² + sub), the last r² rows zero."""
-    p, cr = features.shape
-    r2 = factor * factor
-    fine = features.reshape(p, cr // r2, r2).transpose(1, 2).reshape(p * r2, cr // r2)
-    return with_zero_row(fine, r2)
 
 
 def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
