@@ -288,13 +288,17 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
               warmup: int = 1, repeats: int = 5, limit: int | None = None, cache: Path | None = None,
               profile: bool = True, break_even: float | None = None,
               workdir: Path | None = None, device: str = "cpu",
-              operating_point: dict[str, Any] | None = None, sparse_tail: bool = True) -> dict[str, Any]:
+              operating_point: dict[str, Any] | None = None, sparse_tail: bool = True,
+              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report.
 
     ``device`` (PyTorch backend): ``cpu`` or ``cuda``; on CUDA every timed call is bracketed by a device
     synchronisation. ``operating_point``: where ``config`` came from, copied into the report. ``sparse_tail``:
     with an output blend, run the tail convs sparsely (default) or densely (PyTorch backend; the exported
-    graph always computes the tail densely).
+    graph always computes the tail densely). ``progress(phase, done, total)`` is called as each phase starts
+    (``masks``, ``export``, ``warmup``, ``timing``, ``profile``) and after each image of it, outside the timed
+    calls; ``done`` of ``total`` counts image steps over the whole run (one per image in ``masks``, per image
+    and round in ``warmup`` and ``timing``).
     """
     if strategy not in STRATEGIES:
         raise AmsrError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
@@ -309,6 +313,14 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     windows_be = break_even if break_even is not None else WINDOWS_BREAK_EVEN
     paths_img = lr_images(data)[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
+    total, done = len(xs) * (1 + warmup + repeats), 0
+
+    def step(phase: str, images: int = 0) -> None:
+        nonlocal done
+        done += images
+        if progress is not None:
+            progress(phase, done, total)
+
     torch.set_num_threads(threads)
     v = build_variants(model, config, strategy, tile, sparse_tail=sparse_tail)
     for mod in (v.dense, v.amsr, v.mask):
@@ -317,6 +329,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
 
     # Masks, choice and effective GMACs from PyTorch (the exported graphs compute the same masks).
     rows: list[dict[str, Any]] = []
+    step("masks")
     with torch.no_grad():
         for p, x in zip(paths_img, xs):
             m = v.mask(x)
@@ -337,11 +350,13 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
                          "path": "dense" if use_dense else v.path,
                          "dense_gmacs": dense_macs / 1e9, "amsr_gmacs": amsr_macs / 1e9, "_mask": m})
+            step("masks", 1)
 
     times: dict[str, list[list[float]]] = {k: [[] for _ in xs] for k in ("dense", "mask", "amsr")}
     prof: dict[str, Any] = {}
     if backend == "onnxruntime":
         cache = cache or default_cache()
+        step("export")
         ort = _Ort(export_variants(model, config, tile, cache, v), threads)
         arrays = [x.cpu().numpy() for x in xs]
 
@@ -370,16 +385,21 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
                  "amsr": amsr_torch}
 
     fns = {k: [calls[k](i) for i in range(len(xs))] for k in calls}
+    step("warmup")
     for _ in range(warmup):
         for i in range(len(xs)):
             for k in ("dense", "mask", "amsr"):
                 fns[k][i]()
+            step("warmup", 1)
+    step("timing")
     for _ in range(repeats):
         for i in range(len(xs)):
             for k in ("dense", "mask", "amsr"):
                 times[k][i].append(_timed(fns[k][i], sync))
+            step("timing", 1)
 
     if backend == "onnxruntime" and profile:
+        step("profile")
         wd = workdir or cache
         prof["dense"] = ort.profile("dense", ort.paths["dense"].read_bytes(), arrays, wd)
         prof["amsr"] = ort.profile("amsr", ort.paths["amsr"].read_bytes(), arrays, wd)

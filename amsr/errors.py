@@ -6,6 +6,8 @@ Anything else escaping is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class AmsrError(Exception):
     """Base class of every error amsr raises for bad input or a missing capability."""
@@ -29,3 +31,13 @@ class BackendUnavailableError(AmsrError):
 
 class ExportError(AmsrError):
     """The exporter could not produce a valid graph for the requested options."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a mistyped ``word`` (``difflib``, case-insensitive), or ``None`` when none is close:
+    error messages for unknown names end with "did you mean 'carn_m'?"."""
+    import difflib
+
+    by_lower = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[match[0]] if match else None

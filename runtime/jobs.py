@@ -10,7 +10,7 @@ Outputs are ``<out_dir>/<input stem>.png``. Two inputs with the same stem would 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,11 +94,12 @@ def plan_jobs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLi
     return plan
 
 
-def run_job(upscaler: Upscaler, job: Job) -> JobResult:
-    """Read, upscale and write (atomically) one file; a user-level failure is returned, not raised."""
+def run_job(upscaler: Upscaler, job: Job, progress: Callable[[float], None] | None = None) -> JobResult:
+    """Read, upscale and write (atomically) one file; a user-level failure is returned, not raised.
+    ``progress``: as ``Upscaler.__call__``'s (per tile)."""
     try:
         image = read_image(job.src)
-        write_png(job.dest, upscaler(image))
+        write_png(job.dest, upscaler(image) if progress is None else upscaler(image, progress=progress))
     except Exception as e:
         if not isinstance(e, JOB_ERRORS) and not _is_onnxruntime_error(e):
             raise

@@ -49,7 +49,7 @@ from amsr.errors import InputImageError
 from amsr.runtime.tiling import Tile, context
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
     from amsr.cache_key import ExportKey
     from amsr.mask import MaskConfig
@@ -202,9 +202,10 @@ class Upscaler:
     def providers(self) -> list[str]:
         return self._ort.providers
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, progress: Callable[[float], None] | None = None) -> np.ndarray:
         """Upscale one image: H×W or H×W×C (C = 1, 3, 4), ``uint8``/``uint16``/``float32`` [0, 1] → the same
-        dtype and layout at ``scale``× the size.
+        dtype and layout at ``scale``× the size. ``progress`` is called after each tile with the fraction of the
+        image done (of its LR pixels; 1.0 after the last tile).
 
         Raises:
             InputImageError: wrong shape, dtype or value range, or smaller than the graph's minimum size.
@@ -216,7 +217,7 @@ class Upscaler:
         h, w, channels = img.shape
         alpha = img[..., 3] if channels == 4 else None
         out: np.ndarray | None = None
-        s = 0
+        s = done = 0
         for t in self._tiles(_network_input(img)):
             if out is None:
                 s = t.scale
@@ -227,6 +228,9 @@ class Upscaler:
             out[rows, cols, :min(channels, 3)] = _pixels(t.sr[0], image.dtype, gray=channels == 1)
             if alpha is not None and _alpha_tiles_exactly(s):
                 out[rows, cols, 3] = _from_unit(upscale_alpha_region(alpha, t.rows, t.cols, s), image.dtype)
+            if progress is not None:
+                done += (t.rows.stop - t.rows.start) * (t.cols.stop - t.cols.start)
+                progress(done / (h * w))
         assert out is not None
         if alpha is not None and not _alpha_tiles_exactly(s):
             out[..., 3] = _from_unit(upscale_alpha(_to_unit(alpha), s), image.dtype)

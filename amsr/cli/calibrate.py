@@ -1,9 +1,9 @@
-"""``amsr-calibrate``: measure a grid of mask settings on your own HR images and write the most
-compute-saving one whose mean Y-PSNR loss stays within the budget (an operating point for ``amsr-eval
---operating-point``). LR images are made by torch bicubic downscale with antialias (not MATLAB imresize);
-use images like those you will upscale, never the test set you report. Settings measured:
-``amsr.operating_point.default_grid``. Defaults calibrated on T91+BSD200 ship with amsr for CARN-M, IMDN
-and PAN (x2–x4) and IMDTN (x4): ``amsr-eval --operating-point default[:DB]``."""
+"""amsr-calibrate: measure a grid of mask settings on your own HR images and write the most
+compute-saving one whose mean Y-PSNR loss stays within the budget (an operating point for --operating-point
+FILE of amsr-eval, amsr-export, amsr-upscale and amsr-bench). LR images are made by torch bicubic downscale
+with antialias (not MATLAB imresize); use images like those you will upscale, never the test set you report.
+Settings measured: amsr.operating_point.default_grid. Defaults calibrated on T91+BSD200 ship with amsr for
+CARN-M, IMDN and PAN (x2–x4) and IMDTN (x4): --operating-point default[:DB]."""
 
 from __future__ import annotations
 
@@ -12,11 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsr.cli.common import DEFAULTS_EPILOG, add_model_args, run_main, write_json
+from amsr.cli.common import DEFAULT_BUDGET_DB, add_model_args, add_verbose_arg, load_model, parser, run_main, write_json
 from amsr.errors import AmsrError
-from amsr.files import check_writable
-from amsr.models import load_model
-from amsr.operating_point import DEFAULT_BUDGET_DB, choose_operating_point, load_calibration, parse_budget
 
 
 def add_calibration_args(p: argparse.ArgumentParser) -> None:
@@ -26,21 +23,26 @@ def add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-calibrate", description=__doc__, epilog=DEFAULTS_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("amsr-calibrate", __doc__,
+               "amsr-calibrate --model carn_m --scale 4 --images my_photos/ --json carn_m_x4_op.json",
+               "amsr-upscale my_photos/ --out up/ --model carn_m --scale 4 --operating-point carn_m_x4_op.json")
     add_model_args(p)
-    p.add_argument("--images", required=True, type=Path, help="folder of HR calibration images")
-    p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB),
+    p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of HR calibration images")
+    p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB), metavar="DB",
                    help=f"largest mean Y-PSNR loss allowed, dB (default {DEFAULT_BUDGET_DB})")
     add_calibration_args(p)
-    p.add_argument("--json", required=True, type=Path, help="write the operating point here")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", required=True, type=Path, metavar="FILE",
+                   help="write the operating point here (a file named 'default' is given to --operating-point "
+                        "as ./default)")
+    add_verbose_arg(p)
     return p
 
 
 def calibrate(args: argparse.Namespace, folder: Path, budget: float):  # type: ignore[no-untyped-def]
     if args.max_images is not None and args.max_images < 1:
         raise AmsrError(f"--max-images must be ≥ 1, got {args.max_images}")
+    from amsr.operating_point import choose_operating_point, load_calibration
+
     pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     progress = (lambda s: print(f"calibrating {s}", file=sys.stderr)) if getattr(args, "verbose", False) else None
@@ -51,6 +53,9 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float):  # type: i
 
 
 def _run(args: argparse.Namespace) -> int:
+    from amsr.files import check_writable
+    from amsr.operating_point import parse_budget
+
     budget = parse_budget(args.budget)
     check_writable(args.json, "--json")  # before minutes of calibration
     op = calibrate(args, args.images, budget)

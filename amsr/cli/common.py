@@ -1,25 +1,33 @@
-"""Argument groups shared by the amsr CLIs, and the error boundary every ``main`` goes through."""
+"""Argument groups shared by the amsr CLIs, and the error boundary every ``main`` goes through.
+
+Only the standard library and ``amsr.errors`` are imported here and by each tool's parser: ``--help`` must not
+wait for torch (2 s). What a tool needs to run is imported in its body, after the arguments are parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from amsr.errors import AmsrError
-from amsr.files import save_bytes
-from amsr.mask import MaskConfig
-from amsr.zoo import architecture_names
+from amsr.errors import AmsrError, did_you_mean
 
 if TYPE_CHECKING:
+    from amsr.mask import MaskConfig
     from amsr.models import LoadedModel
 
 log = logging.getLogger("amsr.cli")
+
+# Light copies of values that live in modules importing torch, for the parsers and --help;
+# tests/cli/test_help.py checks that they equal the originals.
+MODEL_NAMES = ("carn", "carn_m", "imdn", "pan", "fsrcnn", "imdtn", "hit_srf", "swinir", "ngswin")  # amsr.zoo
+MASK_DEFAULTS = {"dilation": 1, "blur_size": 5, "blur_sigma": 1.5, "window_threshold": 0.5}  # amsr.mask.MaskConfig
+DEFAULT_BUDGET_DB = 0.05  # amsr.operating_point.DEFAULT_BUDGET_DB
 
 # The epilog of every tool's --help, pre-wrapped (the tools print it with RawDescriptionHelpFormatter).
 DEFAULTS_EPILOG = textwrap.fill(
@@ -32,36 +40,70 @@ DEFAULTS_EPILOG = textwrap.fill(
     "exported; amsr-calibrate writes operating points for --operating-point FILE.", width=100,
     break_on_hyphens=False)
 
+VERBOSE_HELP = "also log what each step does (amsr's INFO messages) on stderr"
+
+
+def epilog(*examples: str) -> str:
+    """A tool's --help epilog: its example command lines (``  # comment`` allowed), then ``DEFAULTS_EPILOG``."""
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + DEFAULTS_EPILOG
+
+
+def parser(prog: str, description: str | None, *examples: str) -> argparse.ArgumentParser:
+    """The ``ArgumentParser`` of a tool: ``description`` (its module docstring), ``epilog(*examples)``."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog(*examples),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+
 
 class UsageError(AmsrError):
     """Options that do not go together, found after parsing: one line and exit status 2 (as argparse's)."""
 
 
+class ModelName(argparse.Action):
+    """``--model NAME``: a zoo name; a near miss is one line with the closest name (``did_you_mean``), exit 2."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+                 option_string: str | None = None) -> None:
+        if value not in MODEL_NAMES:
+            guess = did_you_mean(value, MODEL_NAMES)
+            why = (f"unknown model {value!r}; did you mean {guess!r}?" if guess else
+                   f"invalid choice: {value!r} (choose from {', '.join(MODEL_NAMES)})")
+            parser.exit(2, f"{parser.prog}: error: argument {'/'.join(self.option_strings)}: {why}\n")
+        setattr(namespace, self.dest, value)
+
+
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=required, choices=architecture_names(), metavar="NAME",
-                   help=f"zoo model: {', '.join(architecture_names())}")
-    g.add_argument("--scale", type=int, required=required, help="upscaling factor (2, 3 or 4)")
-    g.add_argument("--variant", default="", help="model variant (swinir: classical, lightweight, real)")
-    g.add_argument("--weights", type=Path, help="checkpoint file (default: $AMSR_WEIGHTS_DIR, cache, download)")
+    g.add_argument("--model", required=required, action=ModelName, metavar="NAME",
+                   help=f"zoo model{'' if required else ' (or --onnx FILE)'}: {', '.join(MODEL_NAMES)}")
+    g.add_argument("--scale", type=int, required=required,
+                   help=f"upscaling factor: 2, 3 or 4{'' if required else ' (with --model)'}")
+    g.add_argument("--variant", default="", help="model variant: swinir classical (default), lightweight or real; "
+                                                 "the other models have one")
+    g.add_argument("--weights", type=Path, metavar="FILE",
+                   help="checkpoint file (default: $AMSR_WEIGHTS_DIR, else the cache, else downloaded)")
 
 
 def add_mask_args(p: argparse.ArgumentParser) -> None:
     """The mask options. Each defaults to ``None`` (not given), so that ``config_and_source`` can tell a command
     line that names no setting, which runs the shipped quality operating point, from one that asks for one."""
-    d = MaskConfig()
-    g = p.add_argument_group("mask (give none of these to run the shipped 0.05 dB operating point)")
-    g.add_argument("--dilation", type=int, help=f"network mask dilation radius d_net in LR px ({d.dilation} when "
-                                                "another mask option is given)")
-    g.add_argument("--blur-size", type=int, help=f"Gaussian kernel size ({d.blur_size})")
-    g.add_argument("--blur-sigma", type=float, help=f"Gaussian sigma ({d.blur_sigma})")
-    g.add_argument("--window-threshold", type=float,
-                   help="transformer blocks compute a window when its mean mask is ≥ this "
-                        f"(0: all windows; {d.window_threshold})")
+    d = MASK_DEFAULTS
+    g = p.add_argument_group("mask (give none of these to run the shipped 0.05 dB operating point)",
+                             "The defaults below apply once one of these is given.")
+    g.add_argument("--dilation", type=int, metavar="D_NET",
+                   help=f"network mask dilation radius in LR px (default {d['dilation']})")
+    g.add_argument("--blur-size", type=int, metavar="PX", help=f"Gaussian kernel size (default {d['blur_size']})")
+    g.add_argument("--blur-sigma", type=float, metavar="PX", help=f"Gaussian sigma (default {d['blur_sigma']})")
+    g.add_argument("--window-threshold", type=float, metavar="T",
+                   help="transformer blocks compute a window when its mean mask is ≥ T "
+                        f"(0: all windows; default {d['window_threshold']})")
     g.add_argument("--output-dilation", type=int, metavar="D_OUT",
-                   help="output blend: network output where the mask dilated by D_OUT (≤ --dilation) is 1, "
-                        "bicubic elsewhere. Without it the in-network skip alone is used, which is lossy on "
-                        "pretrained checkpoints (README §1)")
+                   help="output blend: network output where the mask dilated by D_OUT (≤ D_NET) is 1, "
+                        "bicubic elsewhere (default: no blend, the in-network skip alone, which is lossy on "
+                        "pretrained checkpoints: results/README.md §1)")
 
 
 _MASK_OPTIONS = ("dilation", "blur_size", "blur_sigma", "window_threshold", "output_dilation")
@@ -74,6 +116,8 @@ def mask_options_given(args: argparse.Namespace) -> list[str]:
 
 def mask_config_from(args: argparse.Namespace) -> MaskConfig:
     """The mask options as a ``MaskConfig`` (``MaskConfig``'s defaults for those not given)."""
+    from amsr.mask import MaskConfig
+
     given = {k: getattr(args, k) for k in _MASK_OPTIONS if getattr(args, k, None) is not None}
     try:
         return MaskConfig(**given)
@@ -81,14 +125,13 @@ def mask_config_from(args: argparse.Namespace) -> MaskConfig:
         raise AmsrError(str(e)) from None
 
 
-OPERATING_POINT_HELP = ("mask settings from amsr-calibrate --json FILE, or 'default' / 'default:DB': the shipped "
-                        "default of --model at --scale (calibrated on T91+BSD200) for a budget of DB dB mean Y-PSNR "
-                        "loss (0.05 when DB is omitted; the largest shipped budget ≤ DB is used: 0.05 or 0.1). "
-                        "Without this and without mask options the 0.05 dB default runs (or the dense model where "
-                        "none is calibrated). Write ./default for a file named default")
+OPERATING_POINT_HELP = ("'default' or 'default:DB': the shipped operating point of --model at --scale for a "
+                        "budget of DB dB mean Y-PSNR loss (DB 0.05 when omitted; the largest shipped budget ≤ DB "
+                        "is used: 0.05 or 0.1); or FILE, written by amsr-calibrate --json. Default (neither this "
+                        "nor mask options): the 0.05 dB shipped point, or the dense model where none is calibrated")
 
 RAW_SKIP_WARNING = ("the in-network skip without --output-dilation is lossy on pretrained checkpoints (CARN-M x4 "
-                    "Set5, --dilation 1: -3.86 dB; README §1): add --output-dilation, or use --operating-point "
+                    "Set5, --dilation 1: -3.86 dB; results/README.md §1): add --output-dilation, or use --operating-point "
                     "default")
 
 
@@ -120,6 +163,8 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
             log.warning("warning: %s", RAW_SKIP_WARNING)
         return config, None
     if getattr(args, "model", None) is None:
+        from amsr.mask import MaskConfig
+
         return MaskConfig(), None
     from amsr.operating_point import shipped_default_or_dense
 
@@ -179,8 +224,54 @@ def _check_weights_sha(onnx: Path, meta: Mapping[str, str], weights: Path) -> No
                               f"from (sha256 {recorded[:12]}…): pass that file with --weights")
 
 
+def load_model(name: str, scale: int, **kwargs: Any) -> LoadedModel:
+    """``amsr.models.load_model``, imported when first called (a tool's parser imports no torch). The tools
+    import this name, so tests can replace it per tool."""
+    from amsr.models import load_model as load
+
+    return load(name, scale, **kwargs)
+
+
+# Third-party log lines an export prints although nothing is wrong: dropped (``quiet_export_noise``).
+_EXPORT_NOISE = {
+    # torch.onnx registers translations of torchvision ops when it is imported and logs one line per op when
+    # torchvision is not installed; amsr's graphs use none of them.
+    "torch.onnx._internal.exporter._registration": ("torchvision is not installed. Skipping",),
+    # onnx_ir, building the exported graph, types an empty list attribute as INTS and says so; the graph is then
+    # checked by onnx.checker and, unless --no-verify, against PyTorch (amsr-export says the result).
+    "onnx_ir._convenience": ("Attribute type is ambiguous because it is an empty sequence",),
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_export_noise() -> None:
+    """Drop the log lines of ``_EXPORT_NOISE`` and ``torch.export``'s warning about assigned tensor attributes;
+    only those: other warnings, of the same loggers too, still show. Nothing is imported here."""
+    for name, prefixes in _EXPORT_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefixes))
+    # An accelerated model keeps ``last_mask`` / ``last_output_mask`` for its callers; torch.export warns that a
+    # forward assigned tensor attributes, which changes nothing in the graph. export/onnx_export.py ignores the
+    # singular form ("was assigned"); two attributes give the plural ("were assigned", amsr-bench's exports).
+    warnings.filterwarnings("ignore", message=r"The tensor attributes? .* (was|were) assigned during export",
+                            category=UserWarning)
+
+
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
+    import json
+
+    from amsr.files import save_bytes
+
     save_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -191,6 +282,7 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argpa
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format=f"{prog}: %(message)s")
+    quiet_export_noise()
     exit_on_sigterm()
     try:
         return body(args)

@@ -1,58 +1,59 @@
-"""``amsr-eval``: dense vs AMSR quality and effective compute of a zoo model on an HR/LR folder."""
+"""amsr-eval: dense vs AMSR quality and effective compute of a zoo model on an HR/LR folder."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm import tqdm
-
-from amsr import paths
 from amsr.cli.calibrate import add_calibration_args, calibrate
 from amsr.cli.common import (
-    DEFAULTS_EPILOG,
     OPERATING_POINT_HELP,
     add_mask_args,
     add_model_args,
+    add_verbose_arg,
     config_and_source,
     describe_settings,
+    load_model,
+    parser,
     run_main,
     write_json,
 )
 from amsr.errors import AmsrError
-from amsr.evaluate import EvalReport, evaluate, find_pairs
-from amsr.files import check_writable
-from amsr.mask import MaskConfig
-from amsr.models import load_model, unwrap_accelerated
-from amsr.operating_point import parse_budget
+
+if TYPE_CHECKING:
+    import torch
+
+    from amsr.evaluate import EvalReport
+    from amsr.mask import MaskConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-eval", description=__doc__, epilog=DEFAULTS_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("amsr-eval", __doc__,
+               "amsr-eval --model carn_m --scale 4 --data Set5/x4 --json carn_m_x4.json   # Set5/x4/{HR,LR}/",
+               "amsr-eval --backend onnxruntime --onnx carn_m_x4.onnx --data Set5/x4   # an amsr-export graph")
     add_model_args(p, required=False)
     add_mask_args(p)
-    p.add_argument("--data", required=True, help="folder with HR/ and LR/ of the same file names")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder with HR/ and LR/ of the same file names")
     p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
                    help="run the accelerated model in PyTorch (default) or run --onnx in onnxruntime")
-    p.add_argument("--onnx", type=Path, help="exported model (amsr-export) for --backend onnxruntime; model, "
-                                             "scale and mask settings are read from the file")
+    p.add_argument("--onnx", type=Path, metavar="FILE",
+                   help="exported model (amsr-export) for --backend onnxruntime; model, scale and mask settings are "
+                        "read from the file (default: none)")
     op = p.add_argument_group("operating point (instead of the mask options)")
     x = op.add_mutually_exclusive_group()
     x.add_argument("--quality-budget", metavar="DB",
                    help="calibrate first (on --calibration, never on --data) and use the most compute-saving "
-                        "setting whose mean Y-PSNR loss there is ≤ DB")
+                        "setting whose mean Y-PSNR loss there is ≤ DB (default: no calibration)")
     x.add_argument("--operating-point", metavar="FILE|default[:DB]", help=OPERATING_POINT_HELP)
     op.add_argument("--calibration", metavar="DIR", type=Path,
                     help="HR calibration images for --quality-budget (default $AMSR_DATA_DIR/train)")
     add_calibration_args(op)
-    p.add_argument("--json", help="write the report here (atomically)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="also write the report here, atomically (default: table only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on stderr)")
+    add_verbose_arg(p)
     return p
 
 
@@ -87,23 +88,37 @@ def _onnx_identity(args: argparse.Namespace) -> None:
         raise AmsrError(f"{args.onnx}: an accelerated export without amsr.mask_config metadata")
 
 
-class _OrtScored(torch.nn.Module):
+def _ort_scored(twin: torch.nn.Module, onnx_path: Path) -> torch.nn.Module:
     """SR from onnxruntime; effective MACs and mask density from the PyTorch twin run on the same input
     (the masks are identical — ``amsr-parity`` checks it), since onnxruntime cannot count realised work."""
+    import torch
 
-    def __init__(self, twin: torch.nn.Module, onnx_path: Path) -> None:
-        super().__init__()
-        from amsr.runtime.onnxrt import OrtUpscaler
+    from amsr.runtime.onnxrt import OrtUpscaler
 
-        self.twin = twin
-        self.ort = OrtUpscaler(onnx_path)
+    class OrtScored(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.twin = twin
+            self.ort = OrtUpscaler(onnx_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.twin(x)
-        return torch.from_numpy(self.ort(x.numpy()))
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.twin(x)
+            return torch.from_numpy(self.ort(x.numpy()))
+
+    return OrtScored()
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from amsr import paths
+    from amsr.evaluate import evaluate, find_pairs
+    from amsr.files import check_writable
+    from amsr.models import unwrap_accelerated
+    from amsr.operating_point import parse_budget
+
     if args.json:  # before the evaluation, so that its results are never computed for nowhere
         check_writable(args.json, "--json")
     pairs = find_pairs(args.data)
@@ -141,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     def progress(it):  # type: ignore[no-untyped-def]
         return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
-    scored = _OrtScored(acc, args.onnx) if args.backend == "onnxruntime" else acc
+    scored = _ort_scored(acc, args.onnx) if args.backend == "onnxruntime" else acc
     extra["backend"] = args.backend
     report = evaluate(args.model, args.scale, model.dense(), scored, density, pairs, {**asdict(config), **extra},
                       progress, windows_of=inner.window_fraction)

@@ -1,13 +1,9 @@
-"""``amsr-parity``: does an exported ONNX model compute what the PyTorch reference computes?
-
-    amsr-parity --onnx carn_m_x4_amsr.onnx --data ../shared/data/Set5/x4
+"""amsr-parity: does an exported ONNX model compute what the PyTorch reference computes?
 
 The reference is rebuilt from the model identity stored in the file by amsr-export (model, scale, variant,
-mask settings); ``--model/--scale/--weights`` override it. Golden outputs come from PyTorch, the graph runs
+mask settings); --model/--scale/--weights override it. Golden outputs come from PyTorch, the graph runs
 in onnxruntime, and Polygraphy's comparator checks max |Δ| ≤ --atol; masks must be identical and the
 Y-PSNR against HR may move by at most --psnr-tol dB. Prints PASSED or FAILED; exit status 0 or 1.
-
-    amsr-parity --onnx carn_m_x4_amsr.onnx --data ../shared/data/Photos2K/x4 --fidelity [--tile 512]
 
 --fidelity checks what a user sees instead: the graph runs as amsr-upscale runs it (tiled, the tile halved
 for an image that fits one, so every image runs in ≥ 2 tiles) on the 8-bit RGB images of --data/LR (or
@@ -26,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amsr.cli.common import DEFAULTS_EPILOG, UsageError, graph_model, run_main, write_json
+from amsr.cli.common import ModelName, UsageError, add_verbose_arg, graph_model, parser, run_main, write_json
 from amsr.errors import AmsrError
 
 if TYPE_CHECKING:
@@ -34,21 +30,29 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="amsr-parity", description=__doc__, epilog=DEFAULTS_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", type=Path, required=True, help="exported model (from amsr-export)")
-    p.add_argument("--data", type=Path, required=True, help="folder with LR/ (and HR/ for the PSNR check)")
-    p.add_argument("--model", help="override the model name stored in the file")
-    p.add_argument("--scale", type=int, help="override the scale stored in the file")
-    p.add_argument("--variant", default=None)
-    p.add_argument("--weights", type=Path, help="checkpoint (default: as for amsr-eval)")
+    p = parser("amsr-parity", __doc__,
+               "amsr-parity --onnx carn_m_x4.onnx --data Set5/x4                 # Set5/x4/{HR,LR}/",
+               "amsr-parity --onnx carn_m_x4.onnx --data Photos2K/x4 --fidelity --tile 512")
+    p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="exported model (from amsr-export)")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="folder with LR/ (and HR/ for the PSNR check)")
+    p.add_argument("--model", action=ModelName, metavar="NAME",
+                   help="override the model name stored in the file (default: the stored one)")
+    p.add_argument("--scale", type=int, help="override the scale stored in the file (default: the stored one)")
+    p.add_argument("--variant", default=None,
+                   help="override the model variant stored in the file (default: the stored one)")
+    p.add_argument("--weights", type=Path, metavar="FILE",
+                   help="checkpoint (default: $AMSR_WEIGHTS_DIR, else the cache, else downloaded; refused unless the "
+                        "graph was exported from it)")
     p.add_argument("--trt", type=Path, metavar="ENGINE",
-                   help="check this TensorRT engine (built from --onnx) instead of running --onnx in onnxruntime; "
+                   help="check this TensorRT engine (built from --onnx) instead of running --onnx in onnxruntime (the "
+                        "default); "
                         "tolerances follow the engine's precision (runtime/trt_parity.py)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed (default 1e-4)")
-    p.add_argument("--psnr-tol", type=float, default=1e-3, help="max PSNR difference in dB (default 0.001)")
+    p.add_argument("--psnr-tol", type=float, default=1e-3, metavar="DB",
+                   help="max PSNR difference in dB (default 0.001)")
     p.add_argument("--providers", default=None, help="onnxruntime providers: 'auto' or a comma list (default CPU)")
-    p.add_argument("--json", type=Path, help="write the per-image report here")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the per-image report here (default: none)")
     f = p.add_argument_group("visual fidelity (--fidelity)")
     f.add_argument("--fidelity", action="store_true",
                    help="run the graph tiled, as amsr-upscale does, and score it against the dense model instead "
@@ -57,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR tile side, as amsr-upscale --tile (default 512; half the image when it fits one tile)")
     f.add_argument("--threads", type=int, help="onnxruntime threads (default: one per core)")
     f.add_argument("--sheets", type=Path, metavar="DIR",
-                   help="also write <stem>_sheet.png per image: dense | accelerated | |diff|×8 of the worst blocks")
-    p.add_argument("-v", "--verbose", action="store_true")
+                   help="also write <stem>_sheet.png per image: dense | accelerated | |diff|×8 of the worst blocks "
+                        "(default: none)")
+    add_verbose_arg(p)
     return p
 
 

@@ -1,11 +1,9 @@
-"""``amsr-upscale``: upscale image files with an exported ONNX graph or a zoo model, in one process or on Ray.
+"""amsr-upscale: upscale image files with an exported ONNX graph or a zoo model, in one process or on Ray.
 
 INPUT is any mix of files and folders; a folder contributes the PNG/JPEG/WebP/BMP files directly inside it
 (not its subfolders). Each input is written to OUT/<stem>.png (16-bit PNG for 16-bit input, alpha kept).
 Existing outputs are skipped unless --overwrite. A file that cannot be processed is reported on one line and
 skipped; the exit status is then 1.
-
-    amsr-upscale photos/ --out up/ --model carn_m --scale 4 --compare sheets/
 
 --compare DIR (accelerated models only) also runs the dense network of the same model (PyTorch) on every
 input written and writes DIR/<stem>_compare.png: dense | accelerated | |diff|×8, 4× zoomed crops of the
@@ -17,24 +15,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
-from amsr import paths
 from amsr.cli.common import (
-    DEFAULTS_EPILOG,
     UsageError,
     add_mask_args,
     add_model_args,
     add_operating_point_arg,
+    add_verbose_arg,
     config_and_source,
     describe_settings,
     graph_model,
     mask_options_given,
+    parser,
     run_main,
 )
 from amsr.errors import AmsrError
@@ -47,8 +44,9 @@ PROG = "amsr-upscale"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, epilog=DEFAULTS_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(PROG, __doc__,
+               "amsr-upscale photos/ --out up/ --model carn_m --scale 4                 # the shipped 0.05 dB point",
+               "amsr-upscale photo.jpg --out up/ --onnx carn_m_x4.onnx --compare sheets/  # an amsr-export graph")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (not recursive)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
     p.add_argument("--onnx", type=Path, metavar="FILE", help="an exported graph (amsr-export); or use --model")
@@ -71,14 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images in flight: threads sharing one session, or Ray actors with --ray (default 1; "
                         "2 with --ray)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on Ray Data: a local instance (or $RAY_ADDRESS) without ADDRESS, else that cluster")
+                   help="run on Ray Data: a local instance (or $RAY_ADDRESS) without ADDRESS, else that cluster "
+                        "(default: in this process)")
     g.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     g.add_argument("--compare", type=Path, metavar="DIR",
                    help="accelerated models: also write DIR/<stem>_compare.png (dense | accelerated | |diff|×8 of "
                         "the worst blocks) and print the PSNR against the dense model, for every output written "
-                        "(slow: the dense network runs in PyTorch; with --onnx, --weights names its checkpoint)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+                        "(slow: the dense network runs in PyTorch; with --onnx, --weights names its checkpoint; "
+                        "default: no comparison)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: one on stderr, advancing per tile)")
+    add_verbose_arg(p)
     return p
 
 
@@ -142,6 +143,7 @@ def _onnx_path(args: argparse.Namespace) -> Path:
     if args.onnx is not None:
         if not args.onnx.is_file():
             raise AmsrError(f"ONNX model not found: {args.onnx}")
+        print(f"{PROG}: {args.onnx.name}: {_graph_settings(args.onnx)}", file=sys.stderr)
         return args.onnx
     from amsr.runtime.upscaler import export_cache_path, exported_model_path
 
@@ -156,27 +158,99 @@ def _onnx_path(args: argparse.Namespace) -> Path:
                   weights=args.weights)
 
     if not entry(export_cache_path).is_file():
+        from amsr import paths
+
         print(f"{PROG}: exporting {args.model} x{args.scale} to ONNX (once; cached under {paths.cache_dir()})",
               file=sys.stderr)
     return entry(exported_model_path)
 
 
-def _run_local(jobs: Sequence[Job], onnx: Path, options: RunOptions, workers: int) -> Iterator[JobResult]:
+def _graph_settings(onnx: Path) -> str:
+    """What an exported graph runs, from its metadata: model, mask settings and execution."""
+    from amsr.export.metadata import mask_config_field, read_metadata
+
+    meta = read_metadata(onnx)
+    name = " ".join(v for v in (meta.get("amsr.model"), f"x{meta.get('amsr.scale', '?')}") if v)
+    kind = meta.get("amsr.kind", "dense")
+    if kind != "accelerated":
+        return f"{name}, {kind} graph"
+    settings = describe_settings(mask_config_field(meta, str(onnx)), {"source": "graph metadata"})
+    return f"{name}, {settings}, {meta.get('amsr.execution', 'stages')} execution"
+
+
+def _run_summary(args: argparse.Namespace, onnx: Path, options: RunOptions, scores: list[float]) -> str:
+    """The line after the run: how the graph ran (tiles, masks, the dense fallback) and what was checked."""
+    from amsr.export.metadata import read_metadata
+
+    how = "whole images" if options.tile is None else f"tiles ≤ {options.tile} px + {options.overlap} px overlap"
+    if read_metadata(onnx).get("amsr.kind") == "accelerated":
+        how += ", a mask per tile" if options.per_tile_mask and options.tile is not None else ", one mask per image"
+    if options.dense_graph is not None:
+        from amsr.rows import DENSE_ABOVE_DENSITY
+
+        how += f", the dense graph for images of mask density > {DENSE_ABOVE_DENSITY:g}"
+    if args.onnx is None:
+        checked = "the exported graphs matched PyTorch when exported"
+    else:
+        checked = f"{onnx.name} not compared with PyTorch here (amsr-parity does)"
+    if scores:
+        checked += f"; {len(scores)} output(s) compared with the dense model: lowest PSNR {min(scores):.2f} dB"
+    return f"{PROG}: ran {how}; {checked}"
+
+
+class _Progress:
+    """The progress bar: images done, advancing within an image tile by tile (``Upscaler`` reports the fraction
+    of an image done after each tile), so one large photo does not sit at 0/1 for minutes."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.2f}/{total_fmt} img [{elapsed}<{remaining}]"
+
+    def __init__(self, total: int, disable: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=PROG, file=sys.stderr, disable=disable, bar_format=self.FORMAT)
+        self._lock = threading.Lock()  # tile reports come from the worker threads
+        self._done: dict[Path, float] = {}
+
+    def tiles_of(self, src: Path) -> Callable[[float], None]:
+        def report(fraction: float) -> None:
+            with self._lock:
+                self.bar.update(fraction - self._done.get(src, 0.0))
+                self._done[src] = fraction
+
+        return report
+
+    def finished(self, src: Path) -> None:
+        with self._lock:
+            self.bar.update(1.0 - self._done.pop(src, 0.0))
+
+    def write(self, line: str, file: Any) -> None:
+        self.bar.write(line, file=file)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_local(jobs: Sequence[Job], onnx: Path, options: RunOptions, workers: int,
+               progress: _Progress | None = None) -> Iterator[JobResult]:
     from amsr.runtime.jobs import run_job
     from amsr.runtime.upscaler import Upscaler
 
     upscaler = Upscaler.from_options(onnx, options)
+
+    def run(job: Job) -> JobResult:
+        return run_job(upscaler, job) if progress is None else run_job(upscaler, job, progress.tiles_of(job.src))
+
     if workers == 1:
         for job in jobs:
-            yield run_job(upscaler, job)
+            yield run(job)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:  # one session, shared: run() is thread-safe
-        yield from pool.map(lambda job: run_job(upscaler, job), jobs)
+        yield from pool.map(run, jobs)
 
 
-def _comparer(args: argparse.Namespace) -> Callable[[JobResult], str]:
+def _comparer(args: argparse.Namespace, scores: list[float]) -> Callable[[JobResult], str]:
     """``--compare``: a function that scores one written output against the dense network of the same model,
-    writes its contact sheet (atomically) and returns its report line."""
+    writes its contact sheet (atomically), appends its PSNR to ``scores`` and returns its report line."""
     from amsr.imageio import read_image, write_png
     from amsr.runtime.fidelity import BLOCK, compare_with_dense
 
@@ -194,6 +268,7 @@ def _comparer(args: argparse.Namespace) -> Callable[[JobResult], str]:
     def compare(job: JobResult) -> str:
         r, sheet = compare_with_dense(job.src.name, read_image(job.src), read_image(job.dest), dense, args.tile)
         dest = write_png(args.compare / f"{job.src.stem}_compare.png", sheet)
+        scores.append(r.psnr_db)
         b = r.worst_blocks[0] if r.worst_blocks else None
         worst = "none (identical)" if b is None else f"({b.y}, {b.x}) {b.psnr_db:.2f} dB"
         return f"{job.src.name}: {r.psnr_db:.2f} dB vs dense, worst {BLOCK}×{BLOCK} block {worst} → {dest}"
@@ -232,25 +307,33 @@ def _run(args: argparse.Namespace) -> int:
 
             options = replace(options, dense_graph=dense_fallback(onnx, args.model, args.scale,
                                                                   variant=args.variant, weights=args.weights))
-        compare = _comparer(args) if args.compare is not None else None
-        if args.ray is not None:
-            from amsr.runtime.ray_pipeline import upscale_files_ray
+        scores: list[float] = []
+        compare = _comparer(args, scores) if args.compare is not None else None
+        progress = _Progress(len(plan.todo), disable=args.no_progress)
+        try:
+            if args.ray is not None:
+                from amsr.runtime.ray_pipeline import upscale_files_ray
 
-            results: Iterable[JobResult] = upscale_files_ray(
-                plan.todo, onnx, options, workers=args.workers or 2, address=args.ray or None)
-        else:
-            results = _run_local(plan.todo, onnx, options, args.workers or 1)
-        bar = tqdm(results, total=len(plan.todo), unit="img", desc=PROG, file=sys.stderr, disable=args.no_progress)
-        for r in bar:
-            if r.ok:
-                written += 1
-                if compare is not None:
-                    line, ok = _compare_one(compare, r)
-                    compare_failed += not ok
-                    bar.write(line, file=sys.stdout if ok else sys.stderr)
+                results: Iterable[JobResult] = upscale_files_ray(
+                    plan.todo, onnx, options, workers=args.workers or 2, address=args.ray or None)
             else:
-                failed.append(r)
-                bar.write(f"{PROG}: failed: {r.error}", file=sys.stderr)
+                results = _run_local(plan.todo, onnx, options, args.workers or 1,
+                                     None if args.no_progress else progress)
+            for r in results:
+                progress.finished(r.src)
+                if r.ok:
+                    written += 1
+                    if compare is not None:
+                        line, ok = _compare_one(compare, r)
+                        compare_failed += not ok
+                        progress.write(line, file=sys.stdout if ok else sys.stderr)
+                else:
+                    failed.append(r)
+                    progress.write(f"{PROG}: failed: {r.error}", file=sys.stderr)
+        finally:
+            progress.close()
+        if written:
+            print(_run_summary(args, onnx, options, scores), file=sys.stderr)
     summary = f"{PROG}: {written} written to {args.out}"
     if plan.existing:
         summary += f", {len(plan.existing)} skipped (output exists; --overwrite to redo)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from amsr.errors import UnsupportedModelError
+from amsr.errors import UnsupportedModelError, did_you_mean
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 
 # CLI name → module. Order is detection order: more specific layouts first.
@@ -39,7 +39,9 @@ def get_architecture(name: str) -> Architecture:
     """The descriptor registered under ``name``; ``UnsupportedModelError`` listing the known names otherwise."""
     module = _REGISTRY.get(name)
     if module is None:
-        raise UnsupportedModelError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}")
+        guess = did_you_mean(name, _REGISTRY)
+        raise UnsupportedModelError(f"unknown model {name!r}; " + (f"did you mean {guess!r}?" if guess else
+                                                                  f"known models: {', '.join(_REGISTRY)}"))
     arch = importlib.import_module(f"amsr.zoo.{module}").ARCH
     if arch.id != name:
         raise AssertionError(f"registry entry {name!r} points at descriptor {arch.id!r}")
