@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -60,3 +63,15 @@ def fsrcnn_x2_onnx(weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     return exported_model_path("fsrcnn", 2, accelerated=False, weights=weights,
                                cache_dir=tmp_path_factory.mktemp("onnx-cache"))
+
+
+def load_script(stem: str) -> ModuleType:
+    """``scripts/<stem>.py`` as a module (scripts/ is not a package), imported once per session."""
+    name = f"amsr_scripts_{stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{stem}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
