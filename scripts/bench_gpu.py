@@ -1,4 +1,4 @@
-"""The GPU speed study (README §5): ``amsr-bench --backend pytorch --device cuda`` on the zoo models, Set14 and
+"""The GPU speed study (results/README.md §5): ``amsr-bench --backend pytorch --device cuda`` on the zoo models, Set14 and
 larger images, plus the single-layer kernel study (``bench_kernel_gpu.py``). Meant for a lent NVIDIA machine:
 one process runs everything (no start-up per benchmark) and keeps going past a failing run.
 

@@ -8,7 +8,8 @@ CPU; median of 7 interleaved rounds, next to the dense Conv on a map of P pixels
 - ``block``: one Gather of the 9 tap rows, one MatMul with the block-diagonal weight (g× the multiplies);
 - ``batched``: Gather, Transpose to group-major, one batched MatMul, Transpose back;
 - ``split``: one Gather and MatMul per group from g channel-split sources;
-- ``channel_major``: Gather on axis 1 of a C×P_s map, grouped 1×1 Conv.
+- ``channel_major``: Gather on axis 1 of a C×P_s map, grouped 1×1 Conv;
+- ``group_major``: rows kept group-major (g×P_s×I/g): Gather on axis 1, one batched MatMul, no Transpose.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def main() -> int:
     split_nodes.append(helper.make_node("Concat", outs, ["y"], axis=1))
     variants["split"] = (_session(split_nodes, [f"x{k}" for k in range(g)] + ["taps"], inits, a.threads),
                          dict({f"x{k}": np.ascontiguousarray(x[:, k * cg:(k + 1) * cg]) for k in range(g)}, taps=taps))
+    # Group-major rows (g×P_s×I/g): one Gather on axis 1 lands each group's taps contiguous, one batched
+    # MatMul with the exact grouped weight; its output is group-major again, ready for the next conv.
+    variants["group_major"] = (_session([helper.make_node("Gather", ["xg", "taps"], ["p"], axis=1),
+                                         helper.make_node("Reshape", ["p", "s"], ["p2"]),
+                                         helper.make_node("MatMul", ["p2", "w"], ["y"])], ["xg", "taps"],
+                                        {"s": i64(g, -1, 9 * cg), "w": w_group}, a.threads),
+                               {"xg": np.ascontiguousarray(x.reshape(-1, g, cg).transpose(1, 0, 2)), "taps": taps})
     side = int(rows ** 0.5)
     variants["dense_conv"] = (_session([helper.make_node("Conv", ["m", "w"], ["y"], group=g, pads=[1, 1, 1, 1])],
                                        ["m"], {"w": w}, a.threads),

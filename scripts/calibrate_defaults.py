@@ -13,6 +13,7 @@ every model × scale so an interrupted run keeps what it finished):
 
     python scripts/calibrate_defaults.py [--models carn_m:2,3,4 pan:4] [--max-images 16 --crop 96]
     python scripts/calibrate_defaults.py --skip-calibration   # re-score the shipped defaults on the test sets
+    python scripts/calibrate_defaults.py --repick --sets      # a changed pick rule on the stored grids
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from amsr.operating_point import (
     DEFAULT_OPERATING_POINTS,
     GridPoint,
     budget_key,
+    config_from_json,
     default_grid,
     load_calibration,
     pick,
@@ -81,6 +83,13 @@ def calibrate_one(name: str, scale: int, a: argparse.Namespace, budgets: list[fl
                {"model": name, "scale": scale, "images": len(pairs), "crop_lr_px": a.crop or None, "source": src,
                 "seconds": seconds, "grid": [p.to_json() for p in pts]})
     plot_calibration(curve, budgets)
+    return entry_for(name, scale, pts, budgets, {"images": len(pairs), "crop": a.crop or None, "source": src,
+                                                 "grid_size": len(grid)}, f"  [{seconds}s]")
+
+
+def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float], about: dict[str, object],
+              suffix: str = "") -> dict[str, object]:
+    """The operating-points entry of one model × scale: ``pick`` per budget from the scored grid."""
     entry: dict[str, object] = {}
     for b in budgets:
         best = pick(pts, b)
@@ -90,13 +99,22 @@ def calibrate_one(name: str, scale: int, a: argparse.Namespace, budgets: list[fl
                             "ssim_loss": round(best.ssim_loss, 5) if best else None,
                             "saved": round(best.saved, 4) if best else None,
                             "gmacs": round(best.gmacs, 4) if best else None,
-                            "dense_gmacs": round(best.dense_gmacs, 4) if best else None,
-                            "images": len(pairs), "crop": a.crop or None, "source": src,
-                            "grid_size": len(grid)}}
+                            "dense_gmacs": round(best.dense_gmacs, 4) if best else None, **about}}
         print(f"{name} x{scale} budget {b}: " + (f"d_net {best.config.dilation} d_out {best.config.output_dilation} "
               f"thr {best.config.window_threshold}: {best.loss_db:+.3f} dB loss, {100 * best.saved:.1f}% saved"
-              if best else "nothing fits (dense)") + f"  [{seconds}s]", flush=True)
+              if best else "nothing fits (dense)") + suffix, flush=True)
     return entry
+
+
+def repick_one(name: str, scale: int, a: argparse.Namespace) -> dict[str, object]:
+    """``entry_for`` from the grid a previous calibration stored (``calibration/<name>_x<scale>.json``):
+    a changed ``pick`` rule applied to the same measurements, without scoring anything again."""
+    d = json.loads((a.out / "calibration" / f"{name}_x{scale}.json").read_text())
+    fields = set(GridPoint.__dataclass_fields__)
+    pts = [GridPoint(**{**{k: v for k, v in q.items() if k in fields}, "config": config_from_json(q["config"])})
+           for q in d["grid"]]
+    return entry_for(name, scale, pts, a.budgets, {"images": d["images"], "crop": d["crop_lr_px"],
+                                                   "source": d["source"], "grid_size": len(pts)}, " (re-picked)")
 
 
 def plot_calibration(path: Path, budgets: list[float]) -> None:
@@ -142,6 +160,7 @@ def test_one(name: str, scale: int, entry: dict[str, object], sets: list[str]) -
         pts: dict[MaskConfig, GridPoint] = dict(zip(uniq, score_grid(model, pairs, uniq))) if uniq else {}
         for k, c in configs.items():
             p = pts[c]
+            res.setdefault(k, {})["config"] = asdict(c)  # type: ignore[union-attr]
             res.setdefault(k, {})[set_name] = {  # type: ignore[union-attr]
                 "loss_db": round(p.loss_db, 4), "ssim_loss": round(p.ssim_loss, 5), "saved": round(p.saved, 4),
                 "gmacs": round(p.gmacs, 4), "dense_gmacs": round(p.dense_gmacs, 4), "images": len(pairs),
@@ -185,6 +204,8 @@ def markdown(zoo: dict[str, object], tests: dict[str, object]) -> str:
                 n += 1
                 c, cal = e["config"], e["calibration"]
                 t = tests.get(name, {}).get(scale, {}).get(b, {})  # type: ignore[union-attr]
+                if c is not None and t.get("config", c) != c:
+                    t = {}  # scored for another setting (the default changed since): not re-scored yet
                 s5, s14 = t.get("Set5", {}), t.get("Set14", {})
                 if c is None:
                     lines.append(f"| {name} | x{scale} | {b} | dense | — | — | nothing fits | — | — | — | — | — "
@@ -214,10 +235,13 @@ def main() -> int:
     p.add_argument("--max-images", type=int, default=16)
     p.add_argument("--crop", type=int, default=96, help="centre crop, LR px per side (0: whole images)")
     p.add_argument("--calibration", type=Path, default=None, help="HR images (default $AMSR_DATA_DIR/train)")
-    p.add_argument("--sets", nargs="+", default=["Set5", "Set14"])
+    p.add_argument("--sets", nargs="*", default=["Set5", "Set14"], help="test sets to score (none: skip)")
     p.add_argument("--zoo-json", type=Path, default=ROOT / "amsr" / "zoo" / DEFAULT_OPERATING_POINTS)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "quality")
     p.add_argument("--skip-calibration", action="store_true", help="only re-score the shipped defaults on --sets")
+    p.add_argument("--repick", action="store_true",
+                   help="choose the defaults again from the stored calibration grids (a changed pick rule), "
+                        "without scoring the grid again")
     p.add_argument("--plot-only", action="store_true",
                    help="only redraw the calibration curves' PNGs and defaults.md from the JSON files")
     a = p.parse_args()
@@ -240,6 +264,8 @@ def main() -> int:
                           "lr": "torch bicubic downscale, antialias=True, uint8",
                           "grid": "(d_net, d_out) pairs of amsr.operating_point.DEFAULT_PAIRS, window threshold "
                                   "0.25 and 0.5 for transformers"}
+    if a.repick and "calibration" in old:
+        zoo["calibration"] = old["calibration"]  # the same calibration runs, re-picked
     zoo["models"] = old["models"]
     tests_path = a.out / "defaults.json"
     tests = load_json(tests_path, {})
@@ -247,11 +273,16 @@ def main() -> int:
     for name, scale in parse_models(a.models):
         t0 = time.time()
         models = zoo["models"]  # type: ignore[index]
-        if not a.skip_calibration:
+        if a.repick:
+            models.setdefault(name, {})[str(scale)] = repick_one(name, scale, a)  # type: ignore[union-attr]
+            save_bytes(a.zoo_json, (json.dumps(zoo, indent=2, ensure_ascii=False) + "\n").encode())
+        elif not a.skip_calibration:
             entry = calibrate_one(name, scale, a, a.budgets)
             models.setdefault(name, {})[str(scale)] = entry  # type: ignore[union-attr]
-            save_bytes(a.zoo_json, (json.dumps(zoo, indent=1) + "\n").encode())
+            save_bytes(a.zoo_json, (json.dumps(zoo, indent=2, ensure_ascii=False) + "\n").encode())
         entry = models[name][str(scale)]  # type: ignore[index]
+        if not a.sets:
+            continue
         tests.setdefault(name, {})[str(scale)] = test_one(name, scale, entry, a.sets)  # type: ignore[union-attr]
         timing[f"{name} x{scale}"] = round(time.time() - t0, 1)
         write_json(tests_path, {**tests, "seconds": timing})

@@ -29,7 +29,7 @@ from amsr.zoo.descriptor import Architecture, SparseRules
 # What scripts/calibrate_defaults.py ships (README "Quality"): CNNs at x2–x4, IMDTN at x4.
 EXPECTED = {("carn_m", 2), ("carn_m", 3), ("carn_m", 4), ("imdn", 2), ("imdn", 3), ("imdn", 4),
             ("pan", 2), ("pan", 3), ("pan", 4), ("imdtn", 4), ("ngswin", 2), ("hit_srf", 4)}
-# Window skipping breaks these (README §2): nothing within 0.1 dB saves compute, the default is dense.
+# Window skipping breaks these (results/README.md §2): nothing within 0.1 dB saves compute, the default is dense.
 DENSE_DEFAULTS = {("ngswin", 2), ("hit_srf", 4)}
 
 

@@ -119,15 +119,31 @@ def _point(d: int, d_out: int | None, loss: float, saved: float) -> GridPoint:
 
 
 def test_choose_respects_the_budget_with_mock_scores():
-    points = [_point(1, None, 3.0, 0.5), _point(2, 1, 0.04, 0.3), _point(3, 1, 0.02, 0.3),
-              _point(4, 2, 0.01, 0.1), _point(6, 2, 0.06, 0.45)]
+    points = [_point(1, None, 3.0, 0.5), _point(5, 2, 0.04, 0.3), _point(6, 3, 0.02, 0.3),
+              _point(7, 4, 0.01, 0.1), _point(8, 2, 0.06, 0.45)]
     op = choose_operating_point(_tiny_model(), [(np.zeros(1), np.zeros(1))], 0.05,
                                 grid=[p.config for p in points], scorer=lambda m, i, g: points)
-    assert op.config == MaskConfig(dilation=3, output_dilation=1)  # most saving within 0.05, ties → less loss
+    assert op.config == MaskConfig(dilation=6, output_dilation=3)  # most saving within 0.05, ties → less loss
     assert pick(points, 0.005) is None
     assert pick(points, 10.0).config.dilation == 1
     with pytest.raises(AmsrError):
         pick(points, -0.1)
+
+
+def test_pick_refuses_a_blend_margin_under_three_pixels():
+    thin = _point(4, 3, 0.01, 0.4)  # cheapest and within budget on the mean, but a 1-px margin
+    assert pick([thin, _point(6, 3, 0.03, 0.3)], 0.05).config == MaskConfig(dilation=6, output_dilation=3)
+    assert pick([thin], 0.05) is None
+    assert pick([_point(2, None, 0.01, 0.4)], 0.05).config == MaskConfig(dilation=2)  # no blend: no margin
+
+
+def test_pick_refuses_a_point_that_loses_too_much_on_one_image():
+    mean_ok_one_bad = GridPoint(MaskConfig(dilation=7, output_dilation=3), 0.04, 0.0, 0.6, 1.0, 0.5, 0.4, None, 0.35)
+    safe = GridPoint(MaskConfig(dilation=6, output_dilation=3), 0.03, 0.0, 0.7, 1.0, 0.6, 0.4, None, 0.12)
+    assert pick([mean_ok_one_bad, safe], 0.05) == safe  # 0.35 dB on one image > 3 × 0.05
+    assert pick([mean_ok_one_bad, safe], 0.15) == mean_ok_one_bad  # 0.35 ≤ 3 × 0.15: the cheaper one
+    unrecorded = GridPoint(MaskConfig(dilation=7, output_dilation=3), 0.04, 0.0, 0.6, 1.0, 0.5, 0.4)
+    assert pick([unrecorded, safe], 0.05) == unrecorded  # grids from before the per-image loss was kept
 
 
 def test_choose_on_a_tiny_real_case():

@@ -25,13 +25,16 @@ from torch import nn
 from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskGenerator, dilate
 from amsr.rows.grid import (
-    block_diagonal,
     conv1x1_rows,
     conv3x3_rows,
     conv3x3_weight,
     full_taps,
     grid_of,
+    group_major,
+    grouped_conv3x3_rows,
+    grouped_conv3x3_weight,
     padded_pixel_rows,
+    pixel_major,
     pixels_of,
     taps,
     with_zero_row,
@@ -50,18 +53,33 @@ def _plain(conv: nn.Module) -> nn.Conv2d:
 
 
 class RowConv3x3(nn.Module):
-    """A 3×3 conv on rows (P×I → P×O); a grouped conv as its ``block_diagonal`` weight. Buffers, so the
-    graph holds each as one constant."""
+    """An ungrouped 3×3 conv on rows (P×I → P×O). Buffers, so the graph holds each as one constant."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        weight = block_diagonal(conv.weight.detach(), conv.groups)
-        self.register_buffer("weight", conv3x3_weight(weight), persistent=False)
+        if conv.groups != 1:
+            raise UnsupportedModelError(f"RowConv3x3 takes an ungrouped conv (got groups={conv.groups})")
+        self.register_buffer("weight", conv3x3_weight(conv.weight.detach()), persistent=False)
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone(), persistent=False)
         self.macs_per_row = conv.out_channels * (conv.in_channels // conv.groups) * 9  # the grouped conv's
 
     def forward(self, source: torch.Tensor, tap_rows: torch.Tensor) -> torch.Tensor:
         return conv3x3_rows(source, tap_rows, self.weight, self.bias)
+
+
+class RowGroupedConv3x3(nn.Module):
+    """A (grouped) 3×3 conv on group-major rows (g×P×I/g → g×P×O/g, ``grouped_conv3x3_rows``)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        g = self.groups = conv.groups
+        self.register_buffer("weight", grouped_conv3x3_weight(conv.weight.detach(), g), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().reshape(g, 1, -1).clone(),
+                             persistent=False)
+        self.macs_per_row = conv.out_channels * (conv.in_channels // g) * 9
+
+    def forward(self, source: torch.Tensor, tap_rows: torch.Tensor) -> torch.Tensor:
+        return grouped_conv3x3_rows(source, tap_rows, self.weight, self.bias)
 
 
 class RowTailConv(nn.Module):
@@ -110,7 +128,7 @@ class RowConv1x1(nn.Module):
 
 class _Unit(nn.Module):
     """A residual unit of the cascade on rows (CARN: conv-ReLU-conv; CARN-M: gconv-ReLU-gconv-ReLU-1×1).
-    Input/output: rows P×C of R (A first)."""
+    Input/output: rows P×C of R (A first); the two 3×3 convs run group-major in between."""
 
     def __init__(self, unit: nn.Module) -> None:
         super().__init__()
@@ -119,22 +137,27 @@ class _Unit(nn.Module):
             if not isinstance(body[i], MaskedConv2d):
                 raise UnsupportedModelError("row execution needs every body 3×3 conv masked "
                                             f"(found an unmasked {type(body[i]).__name__})")
-        self.conv1 = RowConv3x3(_plain(body[0]))
-        self.conv2 = RowConv3x3(_plain(body[2]))
+        self.conv1 = RowGroupedConv3x3(_plain(body[0]))
+        self.conv2 = RowGroupedConv3x3(_plain(body[2]))
+        if self.conv1.groups != self.conv2.groups:
+            raise UnsupportedModelError("row execution needs both 3×3 convs of a unit to have the same groups")
         self.pointwise = RowConv1x1(body[4]) if isinstance(unit, EfficientResidualBlock) else None
 
     def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
         n_a = taps_a.shape[0]
-        y = _masked(self.conv1, x, taps_a, n_a).relu()
-        y = _masked(self.conv2, y, taps_a, n_a)
+        y = _masked(self.conv1, group_major(x, self.conv1.groups), taps_a, n_a).relu()
+        y = pixel_major(_masked(self.conv2, y, taps_a, n_a))
         if self.pointwise is not None:
             y = self.pointwise(y.relu())
         return (y + x).relu()
 
 
-def _masked(conv: RowConv3x3, x: torch.Tensor, taps_a: torch.Tensor, n_a: int | torch.Tensor) -> torch.Tensor:
-    """The masked conv: conv at the A rows (first), input passed through at the rest of R."""
-    return torch.cat([conv(with_zero_row(x), taps_a), x[n_a:]], dim=0)
+def _masked(conv: RowGroupedConv3x3, x: torch.Tensor, taps_a: torch.Tensor,
+            n_a: int | torch.Tensor) -> torch.Tensor:
+    """The masked conv on group-major rows (g×P×C/g): conv at the A rows (first), input passed through at
+    the rest of R."""
+    zero = x.new_zeros(x.shape[0], 1, x.shape[2])
+    return torch.cat([conv(torch.cat([x, zero], dim=1), taps_a), x[:, n_a:]], dim=1)
 
 
 class _Cascade(nn.Module):

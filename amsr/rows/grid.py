@@ -1,7 +1,7 @@
 """Row layout: the active pixels of a feature map as the rows of one P×C matrix, with 3×3 neighbour tables.
 
 A masked CNN computes a pixel's output from its 3×3 neighbourhood. Kept as NCHW maps, every sparse stage
-moves the whole map between layouts (the pixel path's Transpose was 88 % of its stage time, README §5).
+moves the whole map between layouts (the pixel path's Transpose was 88 % of its stage time, results/README.md §5).
 Here the pixels that matter are gathered once into rows (P×C, one row per pixel, in ``nonzero`` order) and
 stay rows through the network: a 3×3 conv is one Gather of the 9 neighbour rows (a P×9 index table, the
 rows of absent neighbours pointing at an appended zero row, as zero padding would) and one MatMul; a 1×1
@@ -76,20 +76,43 @@ def with_zero_row(features: torch.Tensor, count: int = 1) -> torch.Tensor:
     return torch.cat([features, features.new_zeros(count, features.shape[1])], dim=0)
 
 
-def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped conv's weight (O×I/g×k×k) as the dense O×I×k×k weight with zeros across groups.
+def group_major(rows: torch.Tensor, groups: int) -> torch.Tensor:
+    """Rows P×C as g×P×(C/g): each group's channels contiguous per row, the layout ``grouped_conv3x3_rows``
+    reads and writes."""
+    if groups == 1:
+        return rows.unsqueeze(0)
+    p, c = rows.shape
+    return rows.reshape(p, groups, c // groups).permute(1, 0, 2)
 
-    On rows a grouped 3×3 conv runs faster as one MatMul with this weight than per group, although it does
-    g× the multiplies: a 64-channel group-4 conv at 80 000 rows (onnxruntime CPU, 2 threads) took 112 ms
-    block-diagonal, 129 ms as 4 gathers + MatMuls, 149 ms as one batched MatMul between two Transposes, and
-    31 ms as the dense Conv on a map of as many pixels (``scripts/bench_row_conv.py``): on rows a 3×3 conv
-    costs ~3.6× the dense one per pixel (the 9-tap gather), so rows pay below ~30 % density."""
+
+def pixel_major(grouped: torch.Tensor) -> torch.Tensor:
+    """g×P×(C/g) back to rows P×C."""
+    g, p, cg = grouped.shape
+    if g == 1:
+        return grouped[0]
+    return grouped.permute(1, 0, 2).reshape(p, g * cg)
+
+
+def grouped_conv3x3_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped conv's weight (O×I/g×3×3) as g×(9·I/g)×(O/g), tap-major per group: the batched MatMul
+    of ``grouped_conv3x3_rows``."""
     o, ig = weight.shape[0], weight.shape[1]
-    og = o // groups
-    full = weight.new_zeros(o, ig * groups, *weight.shape[2:])
-    for g in range(groups):
-        full[g * og:(g + 1) * og, g * ig:(g + 1) * ig] = weight[g * og:(g + 1) * og]
-    return full
+    return weight.reshape(groups, o // groups, ig, 3, 3).permute(0, 3, 4, 2, 1).reshape(groups, 9 * ig, o // groups)
+
+
+def grouped_conv3x3_rows(source: torch.Tensor, tap_rows: torch.Tensor, weight: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """A grouped 3×3 conv at P pixels on group-major rows: ``source`` g×P_s×(I/g) (zero row(s) appended),
+    ``tap_rows`` P×9, ``weight`` from ``grouped_conv3x3_weight``, ``bias`` g×1×(O/g); → g×P×(O/g).
+
+    One Gather on the row axis and one batched MatMul with the grouped weight, no Transpose: a 64-channel
+    group-4 conv at 80 000 rows (onnxruntime CPU, 2 threads) gathers in 80 ms and multiplies in 70 ms, where
+    one MatMul with the block-diagonal 576×64 weight (4× the multiplies) took 156 ms after a 65 ms gather
+    (``scripts/bench_row_conv.py``). Group-major stays group-major, so two convs in a row share the layout."""
+    g = source.shape[0]
+    patches = torch.index_select(source, 1, tap_rows.reshape(-1)).reshape(g, tap_rows.shape[0], -1)
+    y = torch.matmul(patches, weight)
+    return y if bias is None else y + bias
 
 
 def conv3x3_weight(weight: torch.Tensor) -> torch.Tensor:
