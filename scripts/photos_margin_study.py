@@ -3,7 +3,7 @@ shipped default on Photos2K, ΔPSNR-Y against the dense model per image (PyTorch
 of the masked layers: the same values as the sparse path, faster on CPU), and the output-mask density.
 
     python scripts/photos_margin_study.py ../shared/data/Photos2K/x4 4/3 6/3 8/3 6/2 8/2 > margin.txt
-    AMSR_MODEL=imdtn python scripts/photos_margin_study.py ../shared/data/Photos2K/x4 6/3 6/3@0.01
+    python scripts/photos_margin_study.py --model imdtn ../shared/data/Photos2K/x4 6/3 6/3@0.01
 
 Output (``results/eval/photos/carn_m_x4_photos2k_margin.txt``): one line per image, then per pair the mean and
 the worst ΔPSNR and the mean output-mask density.
@@ -11,10 +11,9 @@ the worst ΔPSNR and the mean output-mask density.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import os
 import statistics
-import sys
 
 import torch
 
@@ -24,12 +23,15 @@ from amsr.operating_point import default_operating_point
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="carn_m", help="x4 zoo model (default %(default)s)")
+    ap.add_argument("data", help="folder with HR/ and LR/")
+    ap.add_argument("pairs", nargs="+", help="D_NET/D_OUT[@WINDOW_THRESHOLD]")
+    a = ap.parse_args()
     torch.set_num_threads(2)
-    # D_NET/D_OUT[@WINDOW_THRESHOLD]
-    data = sys.argv[1]
+    data, name = a.data, a.model
     pairs = [(*map(int, s.split("@")[0].split("/")), float(s.split("@")[1]) if "@" in s else None)
-             for s in sys.argv[2:]]
-    name = os.environ.get("AMSR_MODEL", "carn_m")
+             for s in a.pairs]
     model = load_model(name, 4)
     base = default_operating_point(name, 4)
     assert base is not None
