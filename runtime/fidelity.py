@@ -159,22 +159,24 @@ def production_tile(lr_size: tuple[int, int], tile: int) -> int:
 
 
 def contact_sheet(dense: np.ndarray, accelerated: np.ndarray, blocks: tuple[Block, ...], gain: float = 8.0,
-                  block: int = BLOCK, zoom: int = 4) -> np.ndarray:
-    """A uint8 RGB sheet: one row per block, ``dense | accelerated | |Δ|×gain``, each crop zoomed ``zoom``×
-    (nearest) and separated by a 4-px grey gutter."""
+                  block: int = BLOCK, zoom: int = 4, reference: np.ndarray | None = None) -> np.ndarray:
+    """A uint8 RGB sheet: one row per block, ``dense | accelerated | |Δ|×gain`` (then ``reference``, e.g. the
+    HR image, when given), each crop zoomed ``zoom``× (nearest) and separated by a 4-px grey gutter."""
     def rgb(a: np.ndarray) -> np.ndarray:
         return np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3]
 
     d, a = rgb(dense), rgb(accelerated)
+    ref = None if reference is None else rgb(reference)
     gutter = 4
     cell = block * zoom
-    rows = max(1, len(blocks))
-    sheet = np.full((rows * (cell + gutter) + gutter, 3 * (cell + gutter) + gutter, 3), 128, np.uint8)
+    rows, columns = max(1, len(blocks)), 3 if ref is None else 4
+    sheet = np.full((rows * (cell + gutter) + gutter, columns * (cell + gutter) + gutter, 3), 128, np.uint8)
     for r, b in enumerate(blocks):
         cd = d[b.y:b.y + block, b.x:b.x + block]
         ca = a[b.y:b.y + block, b.x:b.x + block]
         diff = np.clip(np.abs(cd.astype(np.float64) - ca.astype(np.float64)) * gain, 0, 255).astype(np.uint8)
-        for c, crop in enumerate((cd, ca, diff)):
+        crops = (cd, ca, diff) if ref is None else (cd, ca, diff, ref[b.y:b.y + block, b.x:b.x + block])
+        for c, crop in enumerate(crops):
             big = np.repeat(np.repeat(crop, zoom, axis=0), zoom, axis=1)
             y0, x0 = gutter + r * (cell + gutter), gutter + c * (cell + gutter)
             sheet[y0:y0 + big.shape[0], x0:x0 + big.shape[1]] = big

@@ -404,10 +404,7 @@ def worst_block_sheet(samples: list[Sample], k: int) -> tuple[np.ndarray, list[d
     for i in dict.fromkeys(i for _, i, _ in chosen):
         s = samples[i]
         blocks = tuple(b for _, j, b in chosen if j == i)
-        sheet = contact_sheet(s.dense_out, s.amsr_out, blocks, block=BLOCK, zoom=zoom)
-        ref = contact_sheet(s.hr, s.amsr_out, blocks, block=BLOCK, zoom=zoom)  # HR in its first column
-        gutter = (sheet.shape[1] - 3 * cell) // 4
-        sheet = np.concatenate([sheet, ref[:, gutter:gutter + cell + gutter]], axis=1)
+        sheet = contact_sheet(s.dense_out, s.amsr_out, blocks, block=BLOCK, zoom=zoom, reference=s.hr)
         label = Image.new("RGB", (sheet.shape[1], 28), (255, 255, 255))
         draw = ImageDraw.Draw(label)
         draw.text((4, 2), f"{s.set} {s.name} ({s.path}): dense | accelerated | |diff|x8 | HR", fill=(0, 0, 0))
