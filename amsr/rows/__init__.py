@@ -15,11 +15,12 @@ from amsr.surgery import AcceleratedSR
 from amsr.zoo.carn_arch import CARN
 
 
-# Mask density above which a row graph is slower than the dense network (onnxruntime CPU, 2 threads): on rows a
-# 3×3 conv costs ~3.6× the dense conv per pixel (the 9-tap gather, scripts/bench_row_conv.py), and CARN-M x4's
-# shipped default measured row/dense ≈ 2.3·density per Photos2K image: 0.94 at density 0.39, 1.02 at 0.49
-# (results/bench/photos/carn_m_x4_photos2k_default_rows.json). ``auto`` (amsr-bench, the Upscaler) runs the
-# dense network above it.
+# Mask density above which a row graph is slower than the dense network (onnxruntime CPU, 2 threads), set
+# from the block-diagonal row convs, whose 3×3 conv cost ~3.6× the dense conv per pixel: CARN-M x4 (then
+# d_net 4 / d_out 3) measured row/dense ≈ 2.3·density per Photos2K image, 0.94 at density 0.39, 1.02 at 0.49
+# (results/bench/photos/carn_m_x4_photos2k_default_rows.json). The group-major convs since cost ≈ 2.1–2.3·
+# density on rows images (carn_m_x4_photos2k_default_auto.json), so 0.40 errs towards dense; not re-measured
+# at the break-even. ``auto`` (amsr-bench, the Upscaler) runs the dense network above it.
 DENSE_ABOVE_DENSITY = 0.40
 
 

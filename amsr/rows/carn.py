@@ -156,8 +156,7 @@ def _masked(conv: RowGroupedConv3x3, x: torch.Tensor, taps_a: torch.Tensor,
             n_a: int | torch.Tensor) -> torch.Tensor:
     """The masked conv on group-major rows (g×P×C/g): conv at the A rows (first), input passed through at
     the rest of R."""
-    zero = x.new_zeros(x.shape[0], 1, x.shape[2])
-    return torch.cat([conv(torch.cat([x, zero], dim=1), taps_a), x[:, n_a:]], dim=1)
+    return torch.cat([conv(with_zero_row(x), taps_a), x[:, n_a:]], dim=1)
 
 
 class _Cascade(nn.Module):

@@ -72,8 +72,10 @@ def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
 
 
 def with_zero_row(features: torch.Tensor, count: int = 1) -> torch.Tensor:
-    """``features`` (P×C) with ``count`` zero rows appended: what ``taps`` points absent neighbours at."""
-    return torch.cat([features, features.new_zeros(count, features.shape[1])], dim=0)
+    """``features`` (P×C, or group-major g×P×C/g) with ``count`` zero rows appended: what ``taps`` points
+    absent neighbours at."""
+    zeros = features.new_zeros(*features.shape[:-2], count, features.shape[-1])
+    return torch.cat([features, zeros], dim=-2)
 
 
 def group_major(rows: torch.Tensor, groups: int) -> torch.Tensor:
