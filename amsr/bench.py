@@ -400,6 +400,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
 
     if backend == "onnxruntime" and profile:
         step("profile")
+        assert cache is not None  # set in the onnxruntime branch above
         wd = workdir or cache
         prof["dense"] = ort.profile("dense", ort.paths["dense"].read_bytes(), arrays, wd)
         prof["amsr"] = ort.profile("amsr", ort.paths["amsr"].read_bytes(), arrays, wd)

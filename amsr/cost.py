@@ -15,13 +15,16 @@ Two hooks let a module report work the layer types above cannot see:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 from torch import nn
 
 
 def _layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-    if hasattr(module, "effective_macs"):
-        return int(module.effective_macs())
+    if hasattr(module, "effective_macs"):  # a method, which Module.__getattr__'s type (Tensor | Module) hides
+        return int(cast("Callable[[], int]", module.effective_macs)())
     if isinstance(module, nn.Conv2d):
         k = module.kernel_size[0] * module.kernel_size[1]
         return output.numel() * (module.in_channels // module.groups) * k
@@ -53,7 +56,7 @@ def run_counting_macs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
     def extra_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        total += int(module.extra_macs(inputs, output))  # type: ignore[operator]
+        total += int(cast("Callable[..., int]", module.extra_macs)(inputs, output))  # a method, as above
 
     handles = []
     for name, m in model.named_modules():

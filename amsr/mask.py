@@ -115,9 +115,10 @@ class MaskConfig:
         v = getattr(self, name)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
             raise ValueError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
-        if not low <= v <= high:
+        n = int(v)  # np.int64 → int: digest() serialises the fields as JSON (and numbers.Integral has no <=)
+        if not low <= n <= high:
             raise ValueError(f"{name} must be between {low} and {high}, got {v}")
-        object.__setattr__(self, name, int(v))  # np.int64 → int: digest() serialises the fields as JSON
+        object.__setattr__(self, name, n)
 
     def _set_float(self, name: str, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
         """Check ``name`` is a finite real number in [low, high] (open ends as flagged); store it as float."""
@@ -215,6 +216,8 @@ class MaskGenerator(nn.Module):
     The input must be finite; this module does not check it (it is the traced mask stage): callers at the
     API boundary do (``require_finite``).
     """
+
+    kernel: torch.Tensor
 
     def __init__(self, config: MaskConfig | None = None, cuda_graphs: bool = True,
                  triton_kmeans: bool = True) -> None:

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +168,7 @@ def score_grid(model: LoadedModel, pairs: Sequence[Pair], grid: Iterable[MaskCon
             sr, macs = run_counting_macs(acc, to_tensor(lr))
             out = to_uint8(sr)
             od = None if inner.last_output_mask is None else float(inner.last_output_mask.mean())
+            assert inner.last_mask is not None  # set by the forward above
             rows.append((dp - psnr_y(out, hr, model.scale), ds - ssim_y(out, hr, model.scale), macs / 1e9, dm,
                          float(inner.last_mask.mean()), od, inner.window_fraction()))
         a = np.array([row[:5] for row in rows], dtype=float)
@@ -303,7 +305,7 @@ def budget_key(budget_db: float) -> str:
     return f"{float(budget_db):g}"
 
 
-def shipped_defaults() -> dict[str, object]:
+def shipped_defaults() -> dict[str, Any]:  # parsed JSON
     """The parsed ``amsr/zoo/operating_points.json``: ``{"models": {model: {scale: {budget: {"config": MaskConfig
     fields or null, "calibration": {...}}}}}, ...}`` (scale and budget keys are strings).
 
@@ -326,7 +328,7 @@ def shipped_defaults() -> dict[str, object]:
 def calibrated_defaults() -> list[tuple[str, int]]:
     """(model, scale) of every shipped default, in file order."""
     models = shipped_defaults()["models"]
-    return [(m, int(s)) for m, scales in models.items() for s in scales]  # type: ignore[union-attr]
+    return [(m, int(s)) for m, scales in models.items() for s in scales]
 
 
 def default_operating_point_entry(model_id: str, scale: int,
@@ -340,10 +342,10 @@ def default_operating_point_entry(model_id: str, scale: int,
     """
     check_budget(budget_db)
     models = shipped_defaults()["models"]
-    scales = models.get(model_id, {})  # type: ignore[union-attr]
+    scales = models.get(model_id, {})
     budgets = scales.get(str(scale)) if isinstance(scales, dict) else None
     if not budgets:
-        have = ", ".join(f"{m} x{'/x'.join(sorted(s, key=int))}" for m, s in models.items())  # type: ignore[union-attr]
+        have = ", ".join(f"{m} x{'/x'.join(sorted(s, key=int))}" for m, s in models.items())
         raise AmsrError(f"no default operating point for {model_id} x{scale} (calibrated: {have}); run "
                         "amsr-calibrate on your own images, or amsr-eval --quality-budget DB")
     fitting = sorted((float(k), k) for k in budgets if float(k) <= budget_db + 1e-12)
@@ -368,7 +370,7 @@ def default_operating_point(model_id: str, scale: int, budget_db: float = DEFAUL
     """
     _, entry = default_operating_point_entry(model_id, scale, budget_db)
     cfg = entry["config"]
-    return None if cfg is None else config_from_json(cfg)  # type: ignore[arg-type]
+    return None if cfg is None else config_from_json(cfg)
 
 
 def is_default_spec(spec: str) -> bool:
@@ -391,7 +393,7 @@ def resolve_operating_point(spec: str, model_id: str, scale: int) -> tuple[MaskC
         if entry["config"] is None:
             raise AmsrError(f"the default operating point of {model_id} x{scale} for {used} dB is the dense "
                             "model (no setting within that budget saved compute on the calibration images)")
-        return config_from_json(entry["config"]), _shipped_source(budget, used, entry)  # type: ignore[arg-type]
+        return config_from_json(entry["config"]), _shipped_source(budget, used, entry)
     if not Path(spec).exists():
         head, sep, tail = spec.partition(":")
         guess = did_you_mean(head, ["default"])
@@ -422,7 +424,7 @@ def shipped_default_or_dense(model_id: str, scale: int,
     if cfg is None:
         return None, {"source": "dense", "budget_db": used,
                       "reason": f"nothing within {used} dB saves compute for {model_id} x{scale}"}
-    return config_from_json(cfg), _shipped_source(budget_db, used, entry)  # type: ignore[arg-type]
+    return config_from_json(cfg), _shipped_source(budget_db, used, entry)
 
 
 def _shipped_source(requested_db: float, used_db: float, entry: dict[str, object]) -> dict[str, object]:

@@ -81,10 +81,10 @@ class MaskedConv2d(nn.Module):
     Holds the original ``nn.Conv2d`` as ``conv`` (same parameters, no copy). Input/output: N×C×H×W float.
     """
 
-    def __init__(self, conv: nn.Conv2d, context: MaskContext, mode: ExecutionMode = "sparse",
+    def __init__(self, conv: nn.Module, context: MaskContext, mode: ExecutionMode = "sparse",
                  name: str = "conv") -> None:
         super().__init__()
-        self.conv = check_maskable_conv(conv, name)
+        self.conv = check_maskable_conv(conv, name)  # raises unless it is a maskable nn.Conv2d
         self.context = context
         self.mode: ExecutionMode = mode
         self.last_active: int = 0  # masked-in pixels of the last call (for effective-MAC counting)

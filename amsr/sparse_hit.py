@@ -66,6 +66,7 @@ tile only (no halo): dense cost of a map tiled exactly = windows × ``window_mac
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +201,11 @@ class MaskedHiTBlock(MaskedWindowLayer):
             return x
         blk = self.block
         corr, mlp = blk.correlation, blk.mlp
-        conv0, act0, conv3, act3, conv1 = corr.qv.conv
+        # nn.Sequential yields plain Modules: name the layer types the HiT-SRF architecture puts there.
+        conv0, act0, conv3, act3, conv1 = cast(
+            "tuple[nn.Conv2d, nn.Module, nn.Conv2d, nn.Module, nn.Conv2d]", tuple(corr.qv.conv))
         linear = corr.qv.linear
-        dw, dw_act = mlp.dwconv.depthwise_conv
+        dw, dw_act = cast("tuple[nn.Conv2d, nn.Module]", tuple(mlp.dwconv.depthwise_conv))
         b, h, w, c = x.shape
         wh, ww = blk.window_size
         length = wh * ww
@@ -264,13 +267,13 @@ class MaskedHiTBlock(MaskedWindowLayer):
         corr = self.block.correlation
         wh, ww = self.block.window_size
         length, c = wh * ww, corr.dim
-        mid = corr.qv.conv[0].out_channels
+        mid = cast(nn.Conv2d, corr.qv.conv[0]).out_channels  # a Sequential item is a Module to mypy
         return length * (9 * mid * mid + mid * c + c * c) + corr.correlate_macs()
 
     def _per_pixel(self) -> tuple[int, int, int, int]:
         """(DFE first 1×1, fc1, proj + fc2, depthwise 5×5) MACs per pixel/token."""
         c = self.block.correlation.dim
-        mid = self.block.correlation.qv.conv[0].out_channels
+        mid = cast(nn.Conv2d, self.block.correlation.qv.conv[0]).out_channels
         hidden = self.block.mlp.fc1.out_features
         return c * mid, c * hidden, c * c + hidden * c, 25 * hidden
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ TAIL_RULES: dict[str, Callable[[int], list[tuple[str, int]]]] = {
 def tail_layers(net: nn.Module, layers: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """(name, radius) per tail conv: the radius (in the conv's own pixels) covering the receptive field of
     every later tail conv, rounded up."""
-    convs = [net.get_submodule(name) for name, _ in layers]
+    convs = [cast(nn.Conv2d, net.get_submodule(name)) for name, _ in layers]  # tail rules name Conv2d layers
     out = []
     for idx, (name, factor) in enumerate(layers):
         later = sum((c.kernel_size[0] // 2) / f for c, (_, f) in zip(convs[idx + 1:], layers[idx + 1:]))

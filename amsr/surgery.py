@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ def find_identity_convs(net: nn.Module) -> list[str]:
 
 
 # Window blocks the method knows, and the masked layer that wraps each (same constructor signature).
-WINDOW_LAYERS: dict[type[nn.Module], type[MaskedWindowLayer]] = {
+WINDOW_LAYERS: dict[type[nn.Module], type[MaskedSwinBlock | MaskedHiTBlock]] = {
     SwinTransformerBlock: MaskedSwinBlock,  # SwinIR, IMDTN
     NSTB: MaskedSwinBlock,  # NGswin
     HierarchicalTransformerBlock: MaskedHiTBlock,  # HiT-SRF
@@ -263,7 +264,8 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
         for name, radius in tail_layers(net, list(tail)):
             if name in new or any(name.startswith(b + ".") for b in blocks):
                 raise UnsupportedModelError(f"tail conv {name} is also a masked body layer")
-            new[name] = TailMaskedConv(net.get_submodule(name), tail_context, radius, name=name)
+            conv = cast(nn.Conv2d, net.get_submodule(name))  # TailMaskedConv checks that it is one
+            new[name] = TailMaskedConv(conv, tail_context, radius, name=name)
     for name, module in new.items():
         _replace(net, name, module)
     return AcceleratedSR(net, config, context, tail_context)

@@ -27,7 +27,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -224,7 +224,7 @@ class GatherScatterSwinBlock(nn.Module):
 
     def __init__(self, masked: MaskedSwinBlock) -> None:
         super().__init__()
-        block = masked.block
+        block = cast(SwinTransformerBlock, masked.block)  # prepare_for_export passes SwinIR blocks only
         self.window_size, self.shift_size = block.window_size, block.shift_size
         self.threshold = masked.threshold
         self.context: MaskContext = masked.context

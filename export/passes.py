@@ -123,7 +123,8 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
     if graph.nodes and not scopes:
         raise ExportError("the graph carries no torch exporter metadata: cannot tell its stages apart")
     counts: dict[str, int] = {}
-    mask_nodes, generator_nodes, in_order = [], set(), []
+    mask_nodes, generator_nodes = [], set()
+    in_order: list[tuple[gs.Node, str | None]] = []  # (node, its sparse module or window tag + name)
     for node in graph.nodes:  # the exporter's order, i.e. torch's execution order (do not toposort first)
         scope = scopes.get(node.name)
         if scope is None or not scope.in_module:  # shape bookkeeping: neither ends nor joins a stage

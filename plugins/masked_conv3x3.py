@@ -82,7 +82,7 @@ def _op_run_base() -> type:
     return OpRun
 
 
-class MaskedConv3x3(_op_run_base()):  # type: ignore[misc]
+class MaskedConv3x3(_op_run_base()):  # type: ignore[misc]  # base from a call (onnx OpRun): unchecked by mypy
     """``onnx.reference`` twin of the plugin: ``ReferenceEvaluator(model, new_ops=[MaskedConv3x3])``."""
 
     op_domain = ONNX_DOMAIN

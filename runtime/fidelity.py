@@ -28,9 +28,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK = 32  # HR px: a patch a viewer notices at 100 % zoom
 REFERENCE_TILE = 256  # LR px per dense reference tile
@@ -130,7 +133,7 @@ def score_image(name: str, accelerated: np.ndarray, dense: np.ndarray, flat_lr: 
                          worst_blocks=worst_blocks(accelerated, dense, k))
 
 
-def dense_reference(model: Callable[..., object], lr: np.ndarray, min_size: int = 1) -> np.ndarray:
+def dense_reference(model: Callable[..., torch.Tensor], lr: np.ndarray, min_size: int = 1) -> np.ndarray:
     """The dense PyTorch model on an N×3×H×W float32 image, in ``REFERENCE_TILE`` tiles with a
     ``REFERENCE_MARGIN`` margin (bounded memory; equal to the whole-image run for networks whose receptive
     radius is below the margin)."""
@@ -138,7 +141,7 @@ def dense_reference(model: Callable[..., object], lr: np.ndarray, min_size: int 
 
     def run(t: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return model(torch.from_numpy(t)).numpy()  # type: ignore[union-attr]
+            return model(torch.from_numpy(t)).numpy()
 
     from amsr.runtime.tiling import crop_runner, run_tiled
 
@@ -183,7 +186,7 @@ def contact_sheet(dense: np.ndarray, accelerated: np.ndarray, blocks: tuple[Bloc
     return sheet
 
 
-def check_fidelity(onnx_path: str | Path, lr_images: Iterable[Path], dense_model: Callable[..., object],
+def check_fidelity(onnx_path: str | Path, lr_images: Iterable[Path], dense_model: Callable[..., torch.Tensor],
                    tile: int = 512, threads: int | None = None, providers: str | Sequence[str] | None = None,
                    sheets: Path | None = None) -> Iterator[ImageFidelity]:
     """The graph run as ``amsr-upscale`` runs it, scored against ``dense_model``, one 8-bit RGB LR image at a time.
@@ -247,7 +250,7 @@ def fidelity_report(rows: Sequence[ImageFidelity], t: FidelityThresholds) -> dic
     return {"passed": all(i["passed"] for i in images), "thresholds": asdict(t), "images": images}
 
 
-def compare_with_dense(name: str, image: np.ndarray, output: np.ndarray, dense_model: Callable[..., object],
+def compare_with_dense(name: str, image: np.ndarray, output: np.ndarray, dense_model: Callable[..., torch.Tensor],
                        tile: int, min_size: int = 1) -> tuple[ImageFidelity, np.ndarray]:
     """Score an upscaled ``output`` (as ``amsr-upscale`` wrote it) against the dense model run on the same
     ``image`` (H×W[×C], uint8 or uint16; alpha ignored; gray compared as gray), on 8 bits; with its contact

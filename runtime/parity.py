@@ -150,9 +150,10 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike[str], inpu
             raise InputImageError(f"{name}: ONNX output {got[main].shape} vs PyTorch {ref[main].shape}")
         row = ParityRow(name=name, shape=tuple(x.shape), max_abs_diff=float(np.abs(got[main] - ref[main]).max()),
                         mask_mismatch_pixels=int((got[MASK] != ref[MASK]).sum()) if MASK in ref else 0)
-        if hr is not None and hr[i] is not None and SR in ref:
+        target = None if hr is None else hr[i]
+        if target is not None and SR in ref:
             scale = ref[SR].shape[-1] // x.shape[-1]
-            row.psnr_torch, row.psnr_onnx = _psnr(ref[SR], hr[i], scale), _psnr(got[SR], hr[i], scale)
+            row.psnr_torch, row.psnr_onnx = _psnr(ref[SR], target, scale), _psnr(got[SR], target, scale)
         rows.append(row)
 
     psnr_diffs = [r.psnr_diff for r in rows if r.psnr_diff is not None]

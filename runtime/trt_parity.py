@@ -68,9 +68,10 @@ def compare_engine_with_torch(model: nn.Module, engine_path: str | os.PathLike[s
         diff = np.abs(got - ref[SR])
         mean_ok &= mean_atol is None or float(diff.mean()) <= mean_atol
         row = ParityRow(name=name, shape=tuple(x.shape), max_abs_diff=float(diff.max()), mask_mismatch_pixels=0)
-        if hr is not None and hr[i] is not None:
+        target = None if hr is None else hr[i]
+        if target is not None:
             scale = ref[SR].shape[-1] // x.shape[-1]
-            row.psnr_torch, row.psnr_onnx = _psnr(ref[SR], hr[i], scale), _psnr(got, hr[i], scale)
+            row.psnr_torch, row.psnr_onnx = _psnr(ref[SR], target, scale), _psnr(got, target, scale)
         rows.append(row)
     psnr_diffs = [r.psnr_diff for r in rows if r.psnr_diff is not None]
     psnr_diff = max(psnr_diffs) if psnr_diffs else None

@@ -11,12 +11,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amsr.cli.common import DEFAULT_BUDGET_DB, add_model_args, add_verbose_arg, load_model, parser, run_main, write_json
 from amsr.errors import AmsrError
 
+if TYPE_CHECKING:
+    from amsr.operating_point import OperatingPoint
 
-def add_calibration_args(p: argparse.ArgumentParser) -> None:
+
+def add_calibration_args(p: argparse._ActionsContainer) -> None:  # a parser or an argument group
     p.add_argument("--max-images", type=int, default=20, help="calibrate on at most this many images (default 20)")
     p.add_argument("--crop", type=int, default=128,
                    help="centre crop of this many LR px per side (default 128; 0 = whole images)")
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def calibrate(args: argparse.Namespace, folder: Path, budget: float):  # type: ignore[no-untyped-def]
+def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> OperatingPoint:
     if args.max_images is not None and args.max_images < 1:
         raise AmsrError(f"--max-images must be ≥ 1, got {args.max_images}")
     from amsr.operating_point import choose_operating_point, load_calibration

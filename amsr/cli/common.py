@@ -171,7 +171,7 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
     return shipped_default_or_dense(args.model, args.scale)
 
 
-def describe_settings(config: MaskConfig | None, source: dict[str, object] | None) -> str:
+def describe_settings(config: MaskConfig | None, source: Mapping[str, object] | None) -> str:
     """One line for a report: which settings ran and where they came from."""
     if config is None:
         return f"dense model ({(source or {}).get('reason', 'no mask')})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from amsr.errors import AmsrError
 if TYPE_CHECKING:
     import torch
 
-    from amsr.evaluate import EvalReport
+    from amsr.evaluate import EvalReport, ImagePair
     from amsr.mask import MaskConfig
 
 
@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         assert inner.last_mask is not None
         return float(inner.last_mask.mean())
 
-    def progress(it):  # type: ignore[no-untyped-def]
+    def progress(it: Iterable[ImagePair]) -> Iterable[ImagePair]:
         return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
     scored = _ort_scored(acc, args.onnx) if args.backend == "onnxruntime" else acc

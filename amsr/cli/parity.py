@@ -26,7 +26,10 @@ from amsr.cli.common import ModelName, UsageError, add_verbose_arg, graph_model,
 from amsr.errors import AmsrError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from amsr.models import LoadedModel
+    from amsr.runtime.parity import ParityResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _reference(args: argparse.Namespace, meta: dict[str, str]):  # type: ignore[no-untyped-def]
+def _reference(args: argparse.Namespace, meta: dict[str, str]) -> nn.Module:
     from amsr.mask import MaskConfig
 
     model = _model(args, meta)
@@ -90,7 +93,7 @@ def _model(args: argparse.Namespace, meta: dict[str, str]) -> LoadedModel:
                        weights=args.weights)
 
 
-def _engine_parity(reference, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _engine_parity(reference: nn.Module, args: argparse.Namespace) -> ParityResult:
     """The engine against the PyTorch golden outputs on the LR/HR images of ``--data``."""
     from amsr.evaluate import find_pairs
     from amsr.images import read_rgb8, to_tensor
@@ -124,8 +127,8 @@ def _run(args: argparse.Namespace) -> int:
               + (f", ΔPSNR {row.psnr_diff:.2e} dB" if row.psnr_diff is not None else ""))
     print(result.summary())
     if args.json:
-        def num(v: object) -> float | None:  # numpy scalars → JSON numbers
-            return None if v is None else float(v)  # type: ignore[arg-type]
+        def num(v: float | None) -> float | None:  # numpy scalars → JSON numbers
+            return None if v is None else float(v)
 
         write_json(args.json, {"passed": bool(result.passed), "max_abs_diff": num(result.max_abs_diff),
                                "psnr_diff": num(result.psnr_diff),

@@ -12,11 +12,14 @@ Which pixels are computed (A = network mask, E = output mask, LR grid; ⊕k = di
   runs on R only. The tail reads the body at E ⊕ 2. Pixels outside R never reach a kept SR pixel.
 
 Rows of R are ordered A first, so a masked conv's output is ``cat(conv rows of A, input rows of R \\ A)``.
-The exit conv (64 → 3) is computed as ``features @ W_tap`` (27 columns) followed by a 9-tap gather-add,
-which moves 27 values per HR pixel instead of the 576 of a gathered 3×3 neighbourhood.
+The exit conv (64 → 3) is computed as ``features @ W_tap`` (27 columns) followed by a 9-tap gather and one
+27 → 3 Gemm (tap sum, bias and mean shift), which moves 27 values per HR pixel instead of the 576 of a
+gathered 3×3 neighbourhood; its index arithmetic runs per HR block of an LR pixel (``grid.block_taps``).
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,8 @@ from torch import nn
 from amsr.errors import UnsupportedModelError
 from amsr.mask import MaskGenerator, dilate
 from amsr.rows.grid import (
+    block_pixels_flat,
+    block_taps,
     conv1x1_rows,
     conv3x3_rows,
     conv3x3_weight,
@@ -55,6 +60,9 @@ def _plain(conv: nn.Module) -> nn.Conv2d:
 class RowConv3x3(nn.Module):
     """An ungrouped 3×3 conv on rows (P×I → P×O). Buffers, so the graph holds each as one constant."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         if conv.groups != 1:
@@ -69,6 +77,9 @@ class RowConv3x3(nn.Module):
 
 class RowGroupedConv3x3(nn.Module):
     """A (grouped) 3×3 conv on group-major rows (g×P×I/g → g×P×O/g, ``grouped_conv3x3_rows``)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -116,6 +127,9 @@ class RowTailConv(nn.Module):
 
 
 class RowConv1x1(nn.Module):
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.register_buffer("weight", conv.weight.detach().clone(), persistent=False)
@@ -132,7 +146,7 @@ class _Unit(nn.Module):
 
     def __init__(self, unit: nn.Module) -> None:
         super().__init__()
-        body = unit.body
+        body = cast(nn.Sequential, unit.body)
         for i in (0, 2):
             if not isinstance(body[i], MaskedConv2d):
                 raise UnsupportedModelError("row execution needs every body 3×3 conv masked "
@@ -141,29 +155,45 @@ class _Unit(nn.Module):
         self.conv2 = RowGroupedConv3x3(_plain(body[2]))
         if self.conv1.groups != self.conv2.groups:
             raise UnsupportedModelError("row execution needs both 3×3 convs of a unit to have the same groups")
-        self.pointwise = RowConv1x1(body[4]) if isinstance(unit, EfficientResidualBlock) else None
+        self.pointwise = RowConv1x1(_plain(body[4])) if isinstance(unit, EfficientResidualBlock) else None
 
     def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
         n_a = taps_a.shape[0]
-        y = _masked(self.conv1, group_major(x, self.conv1.groups), taps_a, n_a).relu()
-        y = pixel_major(_masked(self.conv2, y, taps_a, n_a))
+        # The zero row is appended once: conv1 passes it through with R \ A, so conv2 reads conv1's output as
+        # it is (one Concat fewer per unit, 9 of the 18 zero-row copies of CARN-M's body).
+        y = _masked(self.conv1, with_zero_row(group_major(x, self.conv1.groups)), taps_a, n_a, True).relu()
+        y = pixel_major(_masked(self.conv2, y, taps_a, n_a, False))
         if self.pointwise is not None:
             y = self.pointwise(y.relu())
         return (y + x).relu()
 
 
-def _masked(conv: RowGroupedConv3x3, x: torch.Tensor, taps_a: torch.Tensor,
-            n_a: int | torch.Tensor) -> torch.Tensor:
-    """The masked conv on group-major rows (g×P×C/g): conv at the A rows (first), input passed through at
-    the rest of R."""
-    return torch.cat([conv(with_zero_row(x), taps_a), x[:, n_a:]], dim=1)
+def _masked(conv: RowGroupedConv3x3, source: torch.Tensor, taps_a: torch.Tensor, n_a: int | torch.Tensor,
+            keep_zero_row: bool) -> torch.Tensor:
+    """The masked conv on group-major rows: ``source`` g×(P+1)×C/g, the rows of R (A first) and the zero row;
+    the conv at the A rows, the input passed through at the rest of R (and at the zero row if kept)."""
+    rest = source[:, n_a:] if keep_zero_row else source[:, n_a:-1]
+    return torch.cat([conv(source, taps_a), rest], dim=1)
 
 
 class _Cascade(nn.Module):
     def __init__(self, units: list[nn.Module], fuses: list[nn.Module]) -> None:
         super().__init__()
         self.units = nn.ModuleList(units)
-        self.fuses = nn.ModuleList(RowConv1x1(f.body[0]) for f in fuses)
+        self.fuses = nn.ModuleList(RowConv1x1(_plain(cast(nn.Sequential, f.body)[0])) for f in fuses)
+
+    def macs_per_row(self) -> tuple[int, int]:
+        """(MACs per A row: the masked 3×3 convs, MACs per R row: every other layer), each unit call counted."""
+        at_a = at_r = 0
+        for unit in self.units:
+            if isinstance(unit, _Cascade):
+                a, r = unit.macs_per_row()
+            else:
+                assert isinstance(unit, _Unit)
+                a = unit.conv1.macs_per_row + unit.conv2.macs_per_row
+                r = unit.pointwise.macs_per_row if unit.pointwise is not None else 0
+            at_a, at_r = at_a + a, at_r + r
+        return at_a, at_r + sum(cast(RowConv1x1, f).macs_per_row for f in self.fuses)
 
     def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
         cat, o = x, x
@@ -185,6 +215,10 @@ def _block(block: CascadingBlock) -> _Cascade:
 class RowCARN(nn.Module):
     """``AcceleratedSR`` of a CARN / CARN-M with an output blend, on rows. forward: N×3×H×W → N×3×sH×sW."""
 
+    exit_weight: torch.Tensor
+    tap_sum: torch.Tensor
+    exit_bias: torch.Tensor
+
     def __init__(self, mask_generator: MaskGenerator, net: CARN, scale: int) -> None:
         super().__init__()
         config = mask_generator.config
@@ -199,32 +233,47 @@ class RowCARN(nn.Module):
         self.body = _Cascade([_block(net.b1), _block(net.b2), _block(net.b3)], [net.c1, net.c2, net.c3])
         branch: ScaleBranch = getattr(net.upsample, f"up{scale}")
         layers = list(branch.body)
-        self.steps = [int(ps.upscale_factor) for ps in layers[2::3]]
+        self.steps = [int(cast(nn.PixelShuffle, ps).upscale_factor) for ps in layers[2::3]]
+        if not self.steps or min(self.steps) < 2:
+            raise UnsupportedModelError(f"row execution needs pixel-shuffle steps ≥ 2 (got {self.steps})")
         self.tail = nn.ModuleList(RowTailConv(_plain(c), r) for c, r in zip(layers[0::3], self.steps))
         exit_conv = _plain(net.exit)
+        if exit_conv.bias is None:
+            raise UnsupportedModelError("row execution needs the exit conv's bias (CARN has one)")
         # exit weight O×I×3×3 → I×(9·O), tap-major: features @ W gives each tap's contribution per pixel.
         self.register_buffer("exit_weight", exit_conv.weight.detach().permute(1, 2, 3, 0).reshape(
             exit_conv.in_channels, -1), persistent=False)
-        self.register_buffer("exit_bias", exit_conv.bias.detach().clone(), persistent=False)
+        # The 9 taps' contributions are summed, biased and mean-shifted by one (9·O)×O Gemm: ``tap_sum`` is the
+        # add_mean weight stacked once per tap. onnxruntime's ReduceSum over the tap axis of a (~1 M × 9 × 3)
+        # tensor took 402 ms where this MatMul took 54 ms (onnxruntime CPU, 2 threads).
+        shift = net.add_mean.shifter
+        assert shift.bias is not None  # MeanShift's conv has one
+        shift_weight = shift.weight.detach()[:, :, 0, 0]
+        self.register_buffer("tap_sum", shift_weight.repeat(1, 9), persistent=False)  # O×(9·O)
+        self.register_buffer("exit_bias", shift_weight @ exit_conv.bias.detach() + shift.bias.detach(),
+                             persistent=False)
         self.exit_channels = exit_conv.out_channels
         self.exit_macs_per_row = exit_conv.out_channels * exit_conv.in_channels * 9
         self.last_macs = 0
 
-    def tail_sets(self, output_mask: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """(exit pixels at s×, each tail conv's pixels at its resolution, body pixels the tail reads at LR)."""
-        exit_set = nearest_upscale(output_mask, self.scale)
-        need = dilate(exit_set, 1)
-        sets: list[torch.Tensor] = []
-        for r in reversed(self.steps):
+    def tail_sets(self, output_mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(each tail conv's pixels at its resolution, body pixels the tail reads at LR)."""
+        # The exit conv reads the last tail conv's output at E↑s ⊕ 1 (HR); pooled by that conv's factor r ≥ 2,
+        # that is E↑(s/r) ⊕ 1 on the conv's own grid (HR rows r·Y − 1 … r·Y + r lie in its rows Y − 1 … Y + 1),
+        # so no HR-sized mask is built.
+        computed = dilate(nearest_upscale(output_mask, self.scale // self.steps[-1]), 1)
+        sets = [computed]
+        need = dilate(computed, 1)
+        for r in reversed(self.steps[:-1]):
             computed = F.max_pool2d(need, kernel_size=r, stride=r)
             sets.insert(0, computed)
             need = dilate(computed, 1)
-        return exit_set, sets, need
+        return sets, need
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         mask, output_mask = self.mask_generator(x, output_dilation=self.output_dilation)
-        exit_set, sets, body_need = self.tail_sets(output_mask)
+        sets, body_need = self.tail_sets(output_mask)
         region = torch.maximum(dilate(mask, 1), body_need)
         active = pixels_of(mask)
         pixels = torch.cat([active, pixels_of(region * (1 - mask))], dim=0)
@@ -246,36 +295,32 @@ class RowCARN(nn.Module):
             hh, ww = computed.shape[-2], computed.shape[-1]
             source_grid, factor = grid_of(out_pixels, n, hh, ww), r
 
-        exit_pixels = pixels_of(exit_set)
+        # The exit runs at E↑s, enumerated as the s×s HR blocks of E's LR pixels (``block_taps``).
+        exit_blocks = pixels_of(output_mask)
         part = sources[0].shape[1]  # the exit conv reads the groups' channels in order
-        contributions = sum(src @ self.exit_weight[k * part:(k + 1) * part] for k, src in enumerate(sources))
+        exit_weights = self.exit_weight.split(part)
+        contributions = sources[0] @ exit_weights[0]
+        for src, weight in zip(sources[1:], exit_weights[1:]):
+            contributions = contributions + src @ weight
         contributions = contributions.reshape(-1, self.exit_channels)  # ((P+1)r²·9)×3
-        tap_rows = taps(exit_pixels, source_grid, factor) * 9 + torch.arange(9, device=x.device)
-        sr_rows = torch.index_select(contributions, 0, tap_rows.reshape(-1)).reshape(
-            -1, 9, self.exit_channels).sum(dim=1)
-        sr_rows = self.add_mean(sr_rows + self.exit_bias)
+        tap_rows = block_taps(exit_blocks, source_grid, self.scale, factor) * 9 + torch.arange(9, device=x.device)
+        sr_rows = F.linear(torch.index_select(contributions, 0, tap_rows.reshape(-1)).reshape(
+            -1, 9 * self.exit_channels), self.tap_sum, self.exit_bias)
 
         s = self.scale
         bic = bicubic_upscale(x, s).permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-        flat = (exit_pixels[:, 0] * (h * s) + exit_pixels[:, 1]) * (w * s) + exit_pixels[:, 2]
+        flat = block_pixels_flat(exit_blocks, s, h, w)
         out = bic.index_put((flat,), sr_rows)
         if not is_tracing():
-            self.last_macs = self._count(int(active.shape[0]), int(pixels.shape[0]), tail_rows, int(exit_pixels.shape[0]))
+            self.last_macs = self._count(int(active.shape[0]), int(pixels.shape[0]), tail_rows, int(flat.shape[0]))
         return out.reshape(n, h * s, w * s, -1).permute(0, 3, 1, 2)
 
     def _count(self, n_a: int, n_r: int, tail_rows: list[int], n_exit: int) -> int:
         """MACs of one forward: the masked convs at A, every other body layer at R, each tail conv at its rows
         (grouped convs counted as grouped, as ``amsr.cost`` counts the dense network)."""
-        macs = n_r * (self.entry.macs_per_row + self.sub_mean.macs_per_row)
-        for cascade in self.body.units:
-            assert isinstance(cascade, _Cascade)
-            for unit in cascade.units:
-                assert isinstance(unit, _Unit)
-                macs += n_a * (unit.conv1.macs_per_row + unit.conv2.macs_per_row)
-                macs += n_r * (unit.pointwise.macs_per_row if unit.pointwise is not None else 0)
-            macs += n_r * sum(f.macs_per_row for f in cascade.fuses)
-        macs += n_r * sum(f.macs_per_row for f in self.body.fuses)
-        macs += sum(rows * conv.macs_per_row for rows, conv in zip(tail_rows, self.tail))
+        at_a, at_r = self.body.macs_per_row()
+        macs = n_a * at_a + n_r * (at_r + self.entry.macs_per_row + self.sub_mean.macs_per_row)
+        macs += sum(rows * cast(RowTailConv, conv).macs_per_row for rows, conv in zip(tail_rows, self.tail))
         return macs + n_exit * (self.exit_macs_per_row + self.add_mean.macs_per_row)
 
     def effective_macs(self) -> int:

@@ -37,6 +37,7 @@ class MeanShift(nn.Module):
         sign = -1.0 if subtract else 1.0
         with torch.no_grad():
             self.shifter.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            assert self.shifter.bias is not None  # a Conv2d with bias (the default)
             self.shifter.bias.copy_(torch.tensor(mean_rgb) * sign)
         self.shifter.requires_grad_(False)  # a fixed normalisation, never trained
 

@@ -9,6 +9,7 @@ a flat grey image must come out as bright as it went in (``flat_gain``).
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -78,8 +79,9 @@ def _check_trained_scale(sd: StateDict, net: FSRCNN, scale: int) -> None:
     fits = []
     for other in (2, 3, 4):
         if other != scale:
-            trial = FSRCNN(scale=other, channels=1, d=net.first_part[0].out_channels,
-                           s=net.mid_part[0].out_channels, m=(len(net.mid_part) - 4) // 2)
+            # Both parts are nn.Sequential, whose items are plain Modules to the type checker.
+            trial = FSRCNN(scale=other, channels=1, d=cast(nn.Conv2d, net.first_part[0]).out_channels,
+                           s=cast(nn.Conv2d, net.mid_part[0]).out_channels, m=(len(net.mid_part) - 4) // 2)
             trial.load_state_dict(sd, strict=True)
             if abs(flat_gain(trial) - 1.0) <= _GAIN_TOL:
                 fits.append(other)

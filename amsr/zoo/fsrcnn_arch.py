@@ -45,6 +45,11 @@ class LumaSR(nn.Module):
     in [16/255, 235/255], the range it was trained on.
     """
 
+    rgb2ycbcr_w: torch.Tensor
+    rgb2ycbcr_b: torch.Tensor
+    ycbcr2rgb_w: torch.Tensor
+    ycbcr2rgb_b: torch.Tensor
+
     def __init__(self, net: nn.Module, scale: int) -> None:
         super().__init__()
         self.net = net

@@ -364,6 +364,8 @@ class PatchEmbed(nn.Module):
 class HiTSRF(nn.Module):
     """HiT-SRF: N×C×H×W in [0, 1] → N×C×sH×sW. Any H, W ≥ 1 works (each block pads to its own windows)."""
 
+    mean: torch.Tensor
+
     def __init__(self, cfg: HiTSRFConfig) -> None:
         super().__init__()
         if len(cfg.depths) != len(cfg.num_heads):

@@ -41,7 +41,7 @@ class IMDTBlock(nn.Module):
         self.transformer = RSTB(channels, depth, num_heads, window_size, mlp_ratio, resi_connection="none")
 
     def forward(self, x: Tensor) -> Tensor:
-        split = (self.distilled, self.remaining)
+        split = [self.distilled, self.remaining]  # a list: torch.split is typed int | list[int]
         a1 = self.act(channel_shuffle(self.c1(x) + x, 4))
         d1, r1 = torch.split(a1, split, dim=1)
         a2 = self.act(channel_shuffle(self.c2(r1) + a1, 4))

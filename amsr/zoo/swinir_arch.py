@@ -383,7 +383,7 @@ class SwinIR(nn.Module):
         nf = cfg.num_feat
         if cfg.upsampler == "pixelshuffle":
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, nf, 3, 1, 1), nn.LeakyReLU())
-            self.upsample = Upsample(cfg.upscale, nf)
+            self.upsample: nn.Sequential = Upsample(cfg.upscale, nf)  # or UpsampleOneStep below
             self.conv_last = nn.Conv2d(nf, cfg.in_chans, 3, 1, 1)
         elif cfg.upsampler == "pixelshuffledirect":
             self.upsample = UpsampleOneStep(cfg.upscale, dim, cfg.in_chans)
