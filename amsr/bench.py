@@ -186,7 +186,10 @@ def summarise_profile(path: str | Path, runs: int) -> dict[str, Any]:
             stage = "network"
         by_op[op] += ms
         by_stage[stage] += ms
-    r = lambda d: {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+
+    def r(d: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
+
     return {"total_ms": round(sum(by_op.values()), 3), "by_stage_ms": r(by_stage), "by_op_ms": r(by_op),
             "sparse_conv_by_op_ms": r(sparse_by_op)}
 
@@ -237,7 +240,7 @@ class _Ort:
     def profile(self, key: str, model: bytes, images: list[np.ndarray], workdir: Path,
                 masks: list[np.ndarray] | None = None) -> dict[str, Any]:
         s = self._session(model, str(workdir / f"ort_profile_{key}"))
-        for i, x in enumerate(images):
+        for x in images:
             s.run(None, {"lr": x} if masks is None else {"lr": x, **self.masks(x)})
         path = s.end_profiling()
         try:

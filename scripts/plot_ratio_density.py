@@ -52,7 +52,7 @@ def svg(series: dict[str, list[tuple[float, float]]], y_max: float) -> str:
     for k in range(steps + 1):
         r = k * 0.5
         out.append(f'<text x="{PAD - 30}" y="{sy(r) + 4:.1f}">{r:.1f}</text>')
-    for (name, pts), colour in zip(series.items(), COLOURS):
+    for (_, pts), colour in zip(series.items(), COLOURS):
         for d, r in pts:
             out.append(f'<circle cx="{sx(d):.1f}" cy="{sy(min(r, y_max)):.1f}" r="4" fill="{colour}" fill-opacity="0.8"/>')
         a, b = fit(pts)

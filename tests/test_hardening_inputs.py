@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
-from torch import nn
 
-from amsr import imageio, models, surgery
+from amsr import models, surgery
 from amsr.cli import eval as eval_cli
 from amsr.cli.common import mask_config_from
 from amsr.errors import AmsrError, InputImageError

@@ -139,6 +139,20 @@ class RowConv1x1(nn.Module):
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return conv1x1_rows(rows, self.weight, self.bias)
 
+    def of_concatenation(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The conv of ``torch.cat(parts, dim=1)`` without building it: one Gemm per part, each adding into
+        the last (ONNX Gemm's C input). CARN's cascade concatenates 2–4 maps of 64 channels before each
+        fuse; on 77 k rows (onnxruntime CPU, 2 threads) concat + Gemm took 33.5 / 49.7 / 60.1 ms for 2 / 3 / 4
+        parts, the chain 27.7 / 42.2 / 60.1 ms."""
+        weight = self.weight[:, :, 0, 0]
+        start = parts[0].shape[1]
+        out = F.linear(parts[0], weight[:, :start], self.bias)
+        for part in parts[1:]:
+            stop = start + part.shape[1]
+            out = torch.addmm(out, part, weight[:, start:stop].t())
+            start = stop
+        return out
+
 
 class _Unit(nn.Module):
     """A residual unit of the cascade on rows (CARN: conv-ReLU-conv; CARN-M: gconv-ReLU-gconv-ReLU-1×1).
@@ -196,10 +210,10 @@ class _Cascade(nn.Module):
         return at_a, at_r + sum(cast(RowConv1x1, f).macs_per_row for f in self.fuses)
 
     def forward(self, x: torch.Tensor, taps_a: torch.Tensor) -> torch.Tensor:
-        cat, o = x, x
+        parts, o = [x], x
         for unit, fuse in zip(self.units, self.fuses):
-            cat = torch.cat([cat, unit(o, taps_a)], dim=1)
-            o = fuse(cat).relu()
+            parts.append(unit(o, taps_a))
+            o = cast(RowConv1x1, fuse).of_concatenation(parts).relu()
         return o
 
 
