@@ -59,9 +59,11 @@ STRATEGIES = ("auto", "pixel", "tile", "rows")
 # Mask density above which ``auto`` runs the dense network instead of a row program (ORT CPU, 2 threads).
 ROWS_BREAK_EVEN = DENSE_ABOVE_DENSITY
 # Effective-GMACs ratio above which ``auto`` runs the dense network instead of window selection (ORT CPU):
-# the window graph's time ratio tracks its GMACs ratio within −0.07…+0.09 (IMDTN x4: Set14 default 0.975–1.020
-# at 0.926, Set14 thr 0.5 d 1 0.662 at 0.715, a Photos2K image 0.417 at 0.491), so above ~0.9 it may lose.
-WINDOWS_BREAK_EVEN = 0.9
+# the window graph's time ratio tracks its GMACs ratio within −0.07…+0.09 on photos (IMDTN x4 10 / 6: 0.40 at
+# 0.47 … 0.97 at 0.88, results/bench/photos/imdtn_x4_photos2k_default_auto.json) but not on small images with a
+# fixed cost to amortise: Set14 img_004 (90 ms dense) took 1.45× dense at 0.897 (and 1.07 in an earlier run),
+# img_011 0.84 at 0.82. Above 0.85 it runs dense.
+WINDOWS_BREAK_EVEN = 0.85
 # Active-tile fraction above which ``auto`` runs the dense network (see module docstring; ORT CPU, 2 threads).
 # CARN-M: the tile stages' fixed cost alone (Pad/Transpose/ScatterND/Slice of the full map, plus the NCHWc
 # Reorder nodes onnxruntime inserts around every non-conv stage) exceeds what its cheap grouped convs cost
@@ -425,7 +427,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         "break_even": {"rows": rows_be, "windows": windows_be}.get(v.path, be) if strategy == "auto" and (
             v.tile_net is not None or v.path in ("rows", "windows")) else None, "path": v.path,
         "threads": threads, "device": device_name(dev), "torch": torch.__version__,
-        "images": len(rows), "data": str(data), "mask_config": vars(config), "operating_point": operating_point,
+        "images": len(rows), "data": str(data), "mask_config": config.to_json(), "operating_point": operating_point,
         "sparse_tail": sparse_tail and config.output_dilation is not None, "warmup": warmup, "repeats": repeats,
         "dense_ms": round(dense_ms, 3), "amsr_ms": round(amsr_ms, 3), "mask_ms": round(mask_ms, 3),
         "ratio": round(amsr_ms / dense_ms, 4), "gmacs_ratio": round(ag / dg, 4),

@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -86,9 +86,29 @@ class MaskConfig:
     window_threshold: float = 0.5
     output_dilation: int | None = None
 
+    def to_json(self) -> dict[str, object]:
+        """Every setting by name: the one form in which a ``MaskConfig`` is written (operating points, graph
+        metadata, reports); ``from_json`` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> MaskConfig:
+        """The ``MaskConfig`` of a ``to_json`` object. ``ValueError`` (one line) for a non-object, unknown
+        settings (all named, with the known ones) or a bad value (the checks of ``__post_init__``)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in data if k not in known]
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+        try:
+            return cls(**data)
+        except TypeError as e:  # a non-string key
+            raise ValueError(str(e)) from None
+
     def digest(self) -> str:
         """8 hex digits over every setting: names cached exports, so other settings never reuse one."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:8]
 
     def __post_init__(self) -> None:
         # Settings come from Python, argparse and operating-point JSON: check types too, so that a JSON

@@ -77,7 +77,7 @@ class OperatingPoint:
 
     def to_json(self) -> dict[str, object]:
         return {"model": self.model, "scale": self.scale, "budget_db": self.budget_db,
-                "config": asdict(self.config) if self.config else None,
+                "config": self.config.to_json() if self.config else None,
                 "chosen": self.chosen.to_json() if self.chosen else None,
                 "calibration": self.calibration, "grid": [g.to_json() for g in self.grid]}
 
@@ -134,16 +134,21 @@ DEFAULT_PAIRS: tuple[tuple[int, int | None], ...] = (
     (5, 2), (6, 2),
     (6, 3), (7, 3),
     (7, 4), (8, 4),
-    (8, 5), (9, 6),
+    (8, 5), (9, 6), (10, 6),
 )
 
 
 def default_grid(model: LoadedModel) -> list[MaskConfig]:
-    """The settings ``amsr-calibrate`` measures: ``DEFAULT_PAIRS`` (d_net 1–9, d_out none or 1–6),
-    at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
-    thresholds = (0.25, 0.5) if model.arch.rules.windows else (0.5,)
+    """The settings ``amsr-calibrate`` measures: ``DEFAULT_PAIRS`` (d_net 1–10, d_out none or 1–6) that the
+    architecture's blend floor admits (``SparseRules.min_blend_margin`` / ``min_output_dilation``; raw skips
+    are kept), at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
+    rules = model.arch.rules
+    margin = MIN_BLEND_MARGIN if rules.min_blend_margin is None else rules.min_blend_margin
+    pairs = [(d, d_out) for d, d_out in DEFAULT_PAIRS
+             if d_out is None or (d_out >= rules.min_output_dilation and d - d_out >= margin)]
+    thresholds = (0.25, 0.5) if rules.windows else (0.5,)
     return [MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr)
-            for thr in thresholds for d, d_out in DEFAULT_PAIRS]
+            for thr in thresholds for d, d_out in pairs]
 
 
 @torch.no_grad()
@@ -257,18 +262,9 @@ def config_from_json(d: object) -> MaskConfig:
         AmsrError: not an object, an unknown setting (all named, with the known ones), or a bad value
             (``MaskConfig`` checks types, finiteness and bounds): one line each.
     """
-    from dataclasses import fields
-
-    if not isinstance(d, dict):
-        raise AmsrError(f"bad mask settings in operating point: expected an object, got {type(d).__name__}")
-    known = [f.name for f in fields(MaskConfig)]
-    unknown = [str(k) for k in d if k not in known]
-    if unknown:
-        raise AmsrError(f"bad mask settings in operating point: unknown setting(s) {', '.join(map(repr, unknown))} "
-                        f"(known: {', '.join(known)})")
     try:
-        return MaskConfig(**d)
-    except (TypeError, ValueError) as e:
+        return MaskConfig.from_json(d)
+    except ValueError as e:
         raise AmsrError(f"bad mask settings in operating point: {e}") from None
 
 

@@ -122,7 +122,7 @@ def mask_config_field(meta: Mapping[str, str], source: str) -> MaskConfig | None
         return None
     check_metadata(meta, source)
     try:
-        return MaskConfig(**json.loads(meta["amsr.mask_config"]))
+        return MaskConfig.from_json(json.loads(meta["amsr.mask_config"]))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: metadata amsr.mask_config holds invalid mask settings ({e})") from None
 

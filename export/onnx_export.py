@@ -156,7 +156,7 @@ def _kind_and_meta(source: nn.Module, kind: str, min_size: int, stages: dict[str
         meta["amsr.scale"] = str(scale)
     generator = mask_generator_of(source)
     if generator is not None:
-        meta["amsr.mask_config"] = json.dumps(vars(generator.config), sort_keys=True)
+        meta["amsr.mask_config"] = json.dumps(generator.config.to_json(), sort_keys=True)
         # "input": the mask has the input's H×W (a whole-image mask can be cropped per tile); "padded": it is
         # computed after the model's size padding.
         meta["amsr.mask_size"] = "padded" if pads_input(source) else "input"

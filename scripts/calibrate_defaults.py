@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from amsr import paths
@@ -94,7 +93,7 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
     for b in budgets:
         best = pick(pts, b)
         entry[budget_key(b)] = {
-            "config": asdict(best.config) if best else None,
+            "config": best.config.to_json() if best else None,
             "calibration": {"loss_db": round(best.loss_db, 4) if best else None,
                             "ssim_loss": round(best.ssim_loss, 5) if best else None,
                             "saved": round(best.saved, 4) if best else None,
@@ -150,7 +149,7 @@ def plot_calibration(path: Path, budgets: list[float]) -> None:
 
 
 def test_one(name: str, scale: int, entry: dict[str, object], sets: list[str]) -> dict[str, object]:
-    configs = {k: MaskConfig(**v["config"]) for k, v in entry.items() if v["config"] is not None}  # type: ignore[index]
+    configs = {k: MaskConfig.from_json(v["config"]) for k, v in entry.items() if v["config"] is not None}  # type: ignore[index]
     model = load_model(name, scale, allow_download=False)
     res: dict[str, object] = {}
     for set_name in sets:
@@ -160,7 +159,7 @@ def test_one(name: str, scale: int, entry: dict[str, object], sets: list[str]) -
         pts: dict[MaskConfig, GridPoint] = dict(zip(uniq, score_grid(model, pairs, uniq))) if uniq else {}
         for k, c in configs.items():
             p = pts[c]
-            res.setdefault(k, {})["config"] = asdict(c)  # type: ignore[union-attr]
+            res.setdefault(k, {})["config"] = c.to_json()  # type: ignore[union-attr]
             res.setdefault(k, {})[set_name] = {  # type: ignore[union-attr]
                 "loss_db": round(p.loss_db, 4), "ssim_loss": round(p.ssim_loss, 5), "saved": round(p.saved, 4),
                 "gmacs": round(p.gmacs, 4), "dense_gmacs": round(p.dense_gmacs, 4), "images": len(pairs),

@@ -520,7 +520,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     ort = import_onnxruntime()
     report: dict[str, Any] = {
         "model": cfg.model, "scale": cfg.scale,
-        "operating_point": {"mask_config": asdict(graphs["config"]), "source": graphs["source"]},
+        "operating_point": {"mask_config": graphs["config"].to_json(), "source": graphs["source"]},
         "graphs": {"accelerated": str(graphs["accelerated"]), "dense": str(graphs["dense"]),
                    "copies": graphs["copies"], "execution": graphs["execution"], "export_s": graphs["export_s"]},
         "parity": parity, "dense_above_density": DENSE_ABOVE_DENSITY, "quality_budget_db": QUALITY_BUDGET_DB,

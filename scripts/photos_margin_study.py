@@ -5,8 +5,9 @@ of the masked layers: the same values as the sparse path, faster on CPU), and th
     python scripts/photos_margin_study.py ../shared/data/Photos2K/x4 4/3 6/3 8/3 6/2 8/2 > margin.txt
     python scripts/photos_margin_study.py --model imdtn ../shared/data/Photos2K/x4 6/3 6/3@0.01
 
-Output (``results/eval/photos/carn_m_x4_photos2k_margin.txt``): one line per image, then per pair the mean and
-the worst ΔPSNR and the mean output-mask density.
+Output (``results/eval/photos/carn_m_x4_photos2k_margin.txt``, ``imdtn_x4_photos2k_margin.txt``): one line per
+image, then per pair the mean and the worst ΔPSNR, the mean output-mask density and the GMACs ratio (1.00 in
+the dense reference mode, which computes everything; ``--mode sparse`` for the realised ratio).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main() -> int:
     ap.add_argument("--model", default="carn_m", help="x4 zoo model (default %(default)s)")
     ap.add_argument("data", help="folder with HR/ and LR/")
     ap.add_argument("pairs", nargs="+", help="D_NET/D_OUT[@WINDOW_THRESHOLD]")
+    ap.add_argument("--mode", default="dense", choices=("dense", "sparse"),
+                    help="masked layers' execution: dense reference (same values, faster for CNNs on CPU; "
+                         "reports dense MACs) or sparse (realised MACs; windows are faster so) (default %(default)s)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     data, name = a.data, a.model
@@ -37,9 +41,9 @@ def main() -> int:
     assert base is not None
     dense = model.dense()
     accs = {pr: model.accelerated(dataclasses.replace(base, dilation=pr[0], output_dilation=pr[1],
-                                                      window_threshold=pr[2] or base.window_threshold),
-                                  mode="dense", sparse_tail=False) for pr in pairs}
-    res: dict[tuple[object, ...], list[tuple[float, float]]] = {pr: [] for pr in pairs}
+                                                      window_threshold=base.window_threshold if pr[2] is None else pr[2]),
+                                  mode=a.mode, sparse_tail=False) for pr in pairs}
+    res: dict[tuple[object, ...], list[tuple[float, float, float]]] = {pr: [] for pr in pairs}
     for p in find_pairs(data):
         lr, hr = load_pair(p, 4)
         with torch.no_grad():
@@ -49,12 +53,14 @@ def main() -> int:
                 inner = unwrap_accelerated(acc)
                 s = score(acc, lr, hr, 4, density_of=lambda: float(inner.last_output_mask.mean()))  # type: ignore[union-attr]
                 assert s.density is not None
-                res[pr].append((s.psnr_y - d.psnr_y, s.density))
-                line += f" {pr[:2] if pr[2] is None else pr}: {s.psnr_y - d.psnr_y:+.3f} o{s.density:.2f}"
+                res[pr].append((s.psnr_y - d.psnr_y, s.density, s.gmacs / d.gmacs))
+                line += (f" {pr[:2] if pr[2] is None else pr}: {s.psnr_y - d.psnr_y:+.3f} o{s.density:.2f}"
+                         f" g{s.gmacs / d.gmacs:.2f}")
         print(line, flush=True)
     for pr, r in res.items():
         print(pr[:2] if pr[2] is None else pr, f"mean {statistics.mean(x[0] for x in r):+.3f} min {min(x[0] for x in r):+.3f} "
-                  f"output density {statistics.mean(x[1] for x in r):.3f}")
+                  f"output density {statistics.mean(x[1] for x in r):.3f} "
+                  f"GMACs ratio {statistics.mean(x[2] for x in r):.3f} (mean of images)")
     return 0
 
 

@@ -123,3 +123,15 @@ def test_cuda_graph_mask_equals_the_eager_mask_bit_for_bit(data_dir: Path) -> No
         x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / name)).cuda()
         with torch.no_grad():
             assert torch.equal(gen(x), gen.eager(x))
+
+
+def test_mask_config_json_round_trip_and_one_line_errors() -> None:
+    """``to_json`` / ``from_json`` are the one serialiser (operating points, graph metadata, reports)."""
+    import json
+
+    cfg = MaskConfig(dilation=6, output_dilation=3, window_threshold=0.25)
+    assert MaskConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    for bad, match in (([], "expected an object"), ({"dilation": 2, "d_out": 1}, r"unknown setting\(s\) 'd_out'"),
+                       ({"dilation": 2.5}, "dilation must be an integer"), ({1: 2}, "unknown setting")):
+        with pytest.raises(ValueError, match=match):
+            MaskConfig.from_json(bad)

@@ -177,3 +177,40 @@ def test_eval_file_named_default_is_still_a_file(tmp_path: Path, monkeypatch: py
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["settings"]["dilation"] == 3 and r["settings"]["operating_point"] == {"source": str(f)}
+
+
+def _grid_pairs(arch_name: str) -> list[tuple[int, int | None, float]]:
+    from types import SimpleNamespace
+
+    from amsr.operating_point import default_grid
+
+    model = SimpleNamespace(arch=get_architecture(arch_name))  # default_grid reads the descriptor only
+    return [(c.dilation, c.output_dilation, c.window_threshold) for c in default_grid(model)]
+
+
+def test_default_grid_keeps_the_architectures_blend_floor() -> None:
+    """IMDTN's descriptor asks for d_out ≥ 6 and a 4-px margin (its photos study); CARN-M takes the global
+    margin. Raw skips (no blend) stay in every grid."""
+    imdtn = _grid_pairs("imdtn")
+    blends = [(d, o) for d, o, _ in imdtn if o is not None]
+    assert blends and all(o >= 6 and d - o >= 4 for d, o in blends), blends
+    assert (10, 6, 0.5) in imdtn and (9, 6, 0.5) not in imdtn and (1, None, 0.25) in imdtn
+    carn = _grid_pairs("carn_m")
+    assert (6, 3, 0.5) in carn and (9, 6, 0.5) in carn
+    assert all(d - o >= op_mod.MIN_BLEND_MARGIN for d, o, _ in carn if o is not None)
+
+
+def test_every_shipped_default_respects_its_architectures_floor() -> None:
+    """operating_points.json and the descriptors agree: no shipped blend is thinner than its architecture
+    allows (a descriptor change without a re-calibration fails here)."""
+    for name, scales in shipped_defaults()["models"].items():
+        rules = get_architecture(name).rules
+        margin = op_mod.MIN_BLEND_MARGIN if rules.min_blend_margin is None else rules.min_blend_margin
+        for scale, budgets in scales.items():
+            for budget, entry in budgets.items():
+                cfg = entry["config"]
+                if cfg is None or cfg["output_dilation"] is None:
+                    continue
+                where = f"{name} x{scale} {budget} dB: {cfg['dilation']}/{cfg['output_dilation']}"
+                assert cfg["output_dilation"] >= rules.min_output_dilation, where
+                assert cfg["dilation"] - cfg["output_dilation"] >= margin, where

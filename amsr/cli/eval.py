@@ -109,8 +109,6 @@ def _ort_scored(twin: torch.nn.Module, onnx_path: Path) -> torch.nn.Module:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from tqdm import tqdm
 
     from amsr import paths
@@ -158,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
 
     scored = _ort_scored(acc, args.onnx) if args.backend == "onnxruntime" else acc
     extra["backend"] = args.backend
-    report = evaluate(args.model, args.scale, model.dense(), scored, density, pairs, {**asdict(config), **extra},
+    report = evaluate(args.model, args.scale, model.dense(), scored, density, pairs, {**config.to_json(), **extra},
                       progress, windows_of=inner.window_fraction)
     print(format_table(report))
     if args.json:

@@ -16,7 +16,6 @@ untiled| in 8-bit levels; PASSED needs ≥ 45 dB whole and flat and ≥ 30 dB fo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _reference(args: argparse.Namespace, meta: dict[str, str]) -> nn.Module:
-    from amsr.mask import MaskConfig
+    from amsr.export.metadata import mask_config_field
 
     model = _model(args, meta)
     kind = meta.get("amsr.kind", "dense")
@@ -79,10 +78,9 @@ def _reference(args: argparse.Namespace, meta: dict[str, str]) -> nn.Module:
         return model.dense()
     if kind != "accelerated":
         raise AmsrError(f"{args.onnx}: parity checks full models, not a {kind!r} graph")
-    try:
-        config = MaskConfig(**json.loads(meta["amsr.mask_config"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise AmsrError(f"{args.onnx}: unreadable mask settings in metadata ({e})") from None
+    config = mask_config_field(meta, str(args.onnx))
+    if config is None:
+        raise AmsrError(f"{args.onnx}: an accelerated graph without amsr.mask_config metadata")
     # The dense reference path computes the same values as the sparse one, much faster in PyTorch.
     return model.accelerated(config, mode="dense")
 

@@ -52,10 +52,15 @@ class SparseRules:
             become masked convs. Each match must be a stride-1, dilation-1, 3×3 ``Conv2d`` with equal in/out
             channels (so the identity is a valid output where the mask is 0); surgery checks this.
         windows: patterns selecting Swin-style transformer blocks for window-level token selection.
+        min_blend_margin: the smallest d_net − d_out of an output-blend setting calibration may pick for this
+            architecture; ``None``: ``amsr.operating_point.MIN_BLEND_MARGIN``.
+        min_output_dilation: the smallest output-mask dilation d_out calibration may pick.
     """
 
     convs: tuple[str, ...] = ()
     windows: tuple[str, ...] = ()
+    min_blend_margin: int | None = None
+    min_output_dilation: int = 1
 
 
 @dataclass(frozen=True)
