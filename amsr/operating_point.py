@@ -35,6 +35,7 @@ from amsr.images import IMAGE_SUFFIXES, read_rgb8, to_tensor, to_uint8
 from amsr.mask import MaskConfig
 from amsr.metrics import psnr_y, ssim_y
 from amsr.models import LoadedModel, unwrap_accelerated
+from amsr.zoo.descriptor import SparseRules
 
 Pair = tuple[np.ndarray, np.ndarray]  # (LR, HR) uint8 H×W×3
 
@@ -143,9 +144,7 @@ def default_grid(model: LoadedModel) -> list[MaskConfig]:
     architecture's blend floor admits (``SparseRules.min_blend_margin`` / ``min_output_dilation``; raw skips
     are kept), at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
     rules = model.arch.rules
-    margin = MIN_BLEND_MARGIN if rules.min_blend_margin is None else rules.min_blend_margin
-    pairs = [(d, d_out) for d, d_out in DEFAULT_PAIRS
-             if d_out is None or (d_out >= rules.min_output_dilation and d - d_out >= margin)]
+    pairs = [(d, d_out) for d, d_out in DEFAULT_PAIRS if within_blend_floor(d, d_out, rules)]
     thresholds = (0.25, 0.5) if rules.windows else (0.5,)
     return [MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr)
             for thr in thresholds for d, d_out in pairs]
@@ -197,19 +196,30 @@ MIN_BLEND_MARGIN = 3
 WORST_IMAGE_BUDGETS = 3.0
 
 
-def admissible(point: GridPoint, budget_db: float) -> bool:
+def within_blend_floor(dilation: int, output_dilation: int | None, rules: SparseRules | None = None) -> bool:
+    """Whether a setting's blend is as wide and as far inside the network mask as the architecture allows
+    (``rules.min_output_dilation``, ``rules.min_blend_margin``, else ``MIN_BLEND_MARGIN``); a raw skip (no
+    blend) always is."""
+    if output_dilation is None:
+        return True
+    margin = MIN_BLEND_MARGIN if rules is None or rules.min_blend_margin is None else rules.min_blend_margin
+    least = 1 if rules is None else rules.min_output_dilation
+    return output_dilation >= least and dilation - output_dilation >= margin
+
+
+def admissible(point: GridPoint, budget_db: float, rules: SparseRules | None = None) -> bool:
     """Whether ``point`` may be a default for ``budget_db``: within it on the mean and per image, saving
-    compute, and with a blend margin of at least ``MIN_BLEND_MARGIN`` (no blend: the paper's raw skip)."""
+    compute, and within the architecture's blend floor (``within_blend_floor``)."""
     c = point.config
-    margin_ok = c.output_dilation is None or c.dilation - c.output_dilation >= MIN_BLEND_MARGIN
     worst_ok = point.worst_db is None or point.worst_db <= WORST_IMAGE_BUDGETS * budget_db
-    return point.loss_db <= budget_db and point.saved > 0 and margin_ok and worst_ok
+    return (point.loss_db <= budget_db and point.saved > 0 and within_blend_floor(c.dilation, c.output_dilation, rules)
+            and worst_ok)
 
 
-def pick(points: Sequence[GridPoint], budget_db: float) -> GridPoint | None:
+def pick(points: Sequence[GridPoint], budget_db: float, rules: SparseRules | None = None) -> GridPoint | None:
     """The ``admissible`` point with the most GMACs saved (ties: smaller loss); ``None`` when none is."""
     check_budget(budget_db)
-    ok = [p for p in points if admissible(p, budget_db)]
+    ok = [p for p in points if admissible(p, budget_db, rules)]
     if not ok:
         return None
     return min(ok, key=lambda p: (-round(p.saved, 6), p.loss_db))
@@ -250,7 +260,7 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
         raise AmsrError("no calibration images")
     grid = list(grid) if grid is not None else default_grid(model)
     points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress)))(model, images, grid)
-    best = pick(points, budget_db)
+    best = pick(points, budget_db, model.arch.rules)
     return OperatingPoint(model.arch.id, model.scale, float(budget_db), best.config if best else None, best,
                           {"images": len(images)}, tuple(points))
 

@@ -40,6 +40,7 @@ from amsr.operating_point import (
     pick,
     score_grid,
 )
+from amsr.zoo import get_architecture
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS = ["carn_m:2,3,4", "imdn:2,3,4", "pan:2,3,4", "imdtn:4"]
@@ -91,7 +92,7 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
     """The operating-points entry of one model × scale: ``pick`` per budget from the scored grid."""
     entry: dict[str, object] = {}
     for b in budgets:
-        best = pick(pts, b)
+        best = pick(pts, b, get_architecture(name).rules)
         entry[budget_key(b)] = {
             "config": best.config.to_json() if best else None,
             "calibration": {"loss_db": round(best.loss_db, 4) if best else None,

@@ -198,6 +198,9 @@ def test_default_grid_keeps_the_architectures_blend_floor() -> None:
     carn = _grid_pairs("carn_m")
     assert (6, 3, 0.5) in carn and (9, 6, 0.5) in carn
     assert all(d - o >= op_mod.MIN_BLEND_MARGIN for d, o, _ in carn if o is not None)
+    # pick applies the same floor to points from any grid (a stored one, a user's).
+    assert not op_mod.within_blend_floor(6, 3, get_architecture("imdtn").rules)
+    assert op_mod.within_blend_floor(6, 3, get_architecture("carn_m").rules)
 
 
 def test_every_shipped_default_respects_its_architectures_floor() -> None:
@@ -205,12 +208,10 @@ def test_every_shipped_default_respects_its_architectures_floor() -> None:
     allows (a descriptor change without a re-calibration fails here)."""
     for name, scales in shipped_defaults()["models"].items():
         rules = get_architecture(name).rules
-        margin = op_mod.MIN_BLEND_MARGIN if rules.min_blend_margin is None else rules.min_blend_margin
         for scale, budgets in scales.items():
             for budget, entry in budgets.items():
                 cfg = entry["config"]
-                if cfg is None or cfg["output_dilation"] is None:
+                if cfg is None:
                     continue
                 where = f"{name} x{scale} {budget} dB: {cfg['dilation']}/{cfg['output_dilation']}"
-                assert cfg["output_dilation"] >= rules.min_output_dilation, where
-                assert cfg["dilation"] - cfg["output_dilation"] >= margin, where
+                assert op_mod.within_blend_floor(cfg["dilation"], cfg["output_dilation"], rules), where

@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 
 
+# The 3×3 taps in row-major order: (dy, dx) of tap t.
+_TAP_DY = (-1, -1, -1, 0, 0, 0, 1, 1, 1)
+_TAP_DX = (-1, 0, 1, -1, 0, 1, -1, 0, 1)
+
+
 def pixels_of(mask: torch.Tensor) -> torch.Tensor:
     """(n, y, x) of the pixels where ``mask`` (N×1×H×W, 0/1) is 1, row-major: P×3 int64."""
     return torch.nonzero(mask[:, 0] > 0.5)
@@ -60,8 +65,8 @@ def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
     maps to ``P_source·r² + sub``, which must be zero too (``carn.RowTailConv`` appends r² zero rows).
     """
     hp, wp = source.height + 2, source.width + 2
-    dy = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1], device=out.device)
-    dx = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1], device=out.device)
+    dy = torch.tensor(_TAP_DY, device=out.device)
+    dx = torch.tensor(_TAP_DX, device=out.device)
     # Shift by r so that the coarse coordinate of the 1-px padded map is (Y + dy + r) div r (non-negative).
     yy = out[:, 1:2] + dy + factor
     xx = out[:, 2:3] + dx + factor
@@ -73,14 +78,17 @@ def taps(out: torch.Tensor, source: Grid, factor: int = 1) -> torch.Tensor:
     return rows * (factor * factor) + torch.remainder(yy, factor) * factor + torch.remainder(xx, factor)
 
 
+def _block_positions(block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row a, column b) of the block² fine pixels of a block, in the order a·block + b."""
+    return (torch.arange(block, device=device).repeat_interleave(block),
+            torch.arange(block, device=device).repeat(block))
+
+
 def _block_tables(block: int, factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For fine pixel (a, b) of a ``block``×``block`` block and tap t: the coarse-row and coarse-column offset
     (1-px padded source grid, ``factor``× coarser) and the sub-pixel, each (block², 9). Constants."""
-    a = torch.arange(block).repeat_interleave(block)[:, None]
-    b = torch.arange(block).repeat(block)[:, None]
-    dy = torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1])
-    dx = torch.tensor([-1, 0, 1, -1, 0, 1, -1, 0, 1])
-    yy, xx = a + dy + factor, b + dx + factor
+    a, b = _block_positions(block, torch.device("cpu"))
+    yy, xx = a[:, None] + torch.tensor(_TAP_DY) + factor, b[:, None] + torch.tensor(_TAP_DX) + factor
     return yy // factor, xx // factor, (yy % factor) * factor + xx % factor
 
 
@@ -109,8 +117,7 @@ def block_pixels_flat(coarse: torch.Tensor, block: int, height: int | torch.Tens
     ``coarse`` (P×3 on N×H×W), in ``block_taps`` order."""
     fw = width * block
     base = (coarse[:, 0] * (height * block) + coarse[:, 1] * block) * fw + coarse[:, 2] * block
-    a = torch.arange(block, device=coarse.device).repeat_interleave(block)
-    b = torch.arange(block, device=coarse.device).repeat(block)
+    a, b = _block_positions(block, coarse.device)
     return (base[:, None] + a * fw + b).reshape(-1)
 
 
