@@ -1,9 +1,10 @@
 """Speed benchmark: dense vs accelerated on the same images in the same run (``amsr-bench``).
 
 Protocol: every model/session is warmed up on every image, then ``repeats`` rounds; within a round each image
-is run dense, mask-only and accelerated back to back (interleaved), so that the load of a shared machine hits
-all variants alike. Per image the median over rounds is kept; totals are sums of per-image medians and
-``ratio = Σ amsr / Σ dense``.
+is run dense, mask-only and accelerated back to back (interleaved; the order reversed every other round), so
+that the load of a shared machine hits all variants alike. Per image the median over rounds is kept; totals are sums of per-image medians and
+``ratio = Σ amsr / Σ dense``. Per image also ``ratio_paired``: the median over rounds of that round's amsr /
+dense (and its quartiles), which a slow spell of the machine moves less.
 
 Strategies (how the accelerated network runs its masked convs):
 
@@ -131,6 +132,14 @@ def build_variants(model: LoadedModel, config: MaskConfig, strategy: str, tile: 
 
 def _median_ms(samples: list[float]) -> float:
     return float(statistics.median(samples)) * 1e3
+
+
+def _quartiles(samples: list[float]) -> tuple[float, float]:
+    """(25th, 75th) percentile; both the sample itself when there is one."""
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 def _timed(fn: Callable[[], Any], sync: Callable[[], None] | None = None) -> float:
@@ -397,9 +406,12 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
                 fns[k][i]()
             step("warmup", 1)
     step("timing")
-    for _ in range(repeats):
+    for round_ in range(repeats):
+        # ABBA order: a call right after another of the same session finds its threads awake, so the order
+        # alternates per round instead of always favouring the same variant.
+        order = ("dense", "mask", "amsr") if round_ % 2 == 0 else ("amsr", "mask", "dense")
         for i in range(len(xs)):
-            for k in ("dense", "mask", "amsr"):
+            for k in order:
                 times[k][i].append(_timed(fns[k][i], sync))
             step("timing", 1)
 
@@ -415,6 +427,12 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         for k in ("dense", "mask", "amsr"):
             r[f"{k}_ms"] = round(_median_ms(times[k][i]), 3)
         r["ratio"] = round(r["amsr_ms"] / r["dense_ms"], 4)
+        # The same ratio per timed round (amsr and dense adjacent in time), then its median and quartiles: a
+        # slow spell of this shared machine hits both calls of a round, so the paired median is the steadier
+        # per-image figure. CARN-M Set14 (15 rounds, every image dense + a 1 % mask) had ratio 0.93–1.11.
+        paired = sorted(a / d for a, d in zip(times["amsr"][i], times["dense"][i]))
+        r["ratio_paired"] = round(float(statistics.median(paired)), 4)
+        r["ratio_quartiles"] = [round(float(q), 4) for q in _quartiles(paired)]
         r["gmacs_ratio"] = round(r["amsr_gmacs"] / r["dense_gmacs"], 4)
     dense_ms = sum(r["dense_ms"] for r in rows)
     amsr_ms = sum(r["amsr_ms"] for r in rows)

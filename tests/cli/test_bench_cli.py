@@ -35,6 +35,9 @@ def test_bench_writes_the_json_contract(strategy: str, tmp_path: Path, data_dir:
         assert {"image", "dense_ms", "amsr_ms", "mask_ms", "gmacs_ratio", "path", "tile_fraction"} <= set(row)
         if row["path"] == "dense":
             assert row["gmacs_ratio"] == 1.0
+        low, high = row["ratio_quartiles"]
+        assert low <= row["ratio_paired"] <= high  # one round: all three are that round's ratio
+        assert row["ratio_paired"] == pytest.approx(row["amsr_ms"] / row["dense_ms"], rel=1e-3)
 
 
 def test_profile_summary_groups_stages(tmp_path: Path) -> None:
