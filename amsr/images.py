@@ -90,8 +90,8 @@ def save_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
     return Path(dest)
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name.
+def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
+    """Image files directly in ``folder`` (and in its subfolders if ``recursive``), sorted by path.
 
     Raises:
         InputImageError: ``folder`` is not a directory.
@@ -99,7 +99,8 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputImageError(f"{folder}: no such folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def lr_images(data: str | os.PathLike[str]) -> list[Path]:

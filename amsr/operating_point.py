@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError, InputImageError, did_you_mean
-from amsr.images import IMAGE_SUFFIXES, read_rgb8, to_tensor, to_uint8
+from amsr.images import list_images, read_rgb8, to_tensor, to_uint8
 from amsr.mask import MaskConfig
 from amsr.metrics import psnr_y, ssim_y
 from amsr.models import LoadedModel, unwrap_accelerated
@@ -103,8 +103,7 @@ def load_calibration(folder: str | os.PathLike[str], scale: int, max_images: int
     root = Path(folder)
     if not root.is_dir():
         raise InputImageError(f"{root}: no such folder of calibration images")
-    # Recursive: training sets come as subfolders (T91/, BSD200/).
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(root, recursive=True)  # training sets come as subfolders (T91/, BSD200/)
     if not files:
         raise InputImageError(f"{root}: no images (expected HR .png/.jpg/… files)")
     if max_images is not None and len(files) > max_images:
@@ -152,10 +151,11 @@ def default_grid(model: LoadedModel) -> list[MaskConfig]:
 
 @torch.no_grad()
 def score_grid(model: LoadedModel, pairs: Sequence[Pair], grid: Iterable[MaskConfig],
-               progress: Callable[[str], None] | None = None) -> list[GridPoint]:
-    """Measure every setting of ``grid`` on ``pairs`` (mean over images)."""
+               progress: Callable[[str], None] | None = None, reference: LoadedModel | None = None) -> list[GridPoint]:
+    """Measure every setting of ``grid`` on ``pairs`` (mean over images): the losses against ``reference``'s
+    dense output (default ``model``'s own; for fine-tuned weights, the original network they replace)."""
     grid = list(grid)
-    dense = model.dense()
+    dense = (reference or model).dense()
     d_rows = []
     for lr, hr in pairs:
         sr, macs = run_counting_macs(dense, to_tensor(lr))
@@ -247,10 +247,12 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
                            grid: Iterable[MaskConfig] | None = None,
                            scorer: Callable[[LoadedModel, Sequence[Pair], list[MaskConfig]], list[GridPoint]]
                            | None = None,
-                           progress: Callable[[str], None] | None = None) -> OperatingPoint:
+                           progress: Callable[[str], None] | None = None,
+                           reference: LoadedModel | None = None) -> OperatingPoint:
     """Measure ``grid`` (default ``default_grid``) on the calibration ``images`` and pick the most
     compute-saving setting whose mean Y-PSNR loss is ≤ ``budget_db``. ``scorer`` replaces ``score_grid``
-    (tests). ``config`` of the result is None when nothing fits: use the dense model.
+    (tests). ``config`` of the result is None when nothing fits: use the dense model. ``reference``: the
+    network whose dense output the loss is measured against (``score_grid``).
 
     Raises:
         AmsrError: a negative or non-finite budget, or no calibration images.
@@ -259,10 +261,13 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
     if not images:
         raise AmsrError("no calibration images")
     grid = list(grid) if grid is not None else default_grid(model)
-    points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress)))(model, images, grid)
+    points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress, reference)))(model, images, grid)
     best = pick(points, budget_db, model.arch.rules)
+    calibration: dict[str, object] = {"images": len(images)}
+    if reference is not None:
+        calibration["reference_weights"] = str(reference.weights)
     return OperatingPoint(model.arch.id, model.scale, float(budget_db), best.config if best else None, best,
-                          {"images": len(images)}, tuple(points))
+                          calibration, tuple(points))
 
 
 def config_from_json(d: object) -> MaskConfig:

@@ -90,12 +90,6 @@ class MaskedConv2d(nn.Module):
         self.last_active: int = 0  # masked-in pixels of the last call (for effective-MAC counting)
         self.last_total: int = 0
 
-    def _weight_groups(self) -> torch.Tensor:
-        """Weights as ``groups × out/g × (in/g·9)``: the 1×1 conv over the unfolded 3×3 neighbourhood."""
-        g = self.conv.groups
-        w = self.conv.weight
-        return w.reshape(g, w.shape[0] // g, -1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.context.mask_for(x)
         self.last_total = x.shape[0] * x.shape[2] * x.shape[3]
@@ -105,14 +99,10 @@ class MaskedConv2d(nn.Module):
         return self.forward_sparse(x, mask)
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Reference path: unfold + 1×1 conv at every pixel, then keep the input where the mask is 0."""
-        n, c, h, w = x.shape
-        g = self.conv.groups
-        cols = F.unfold(x, kernel_size=3, padding=1).view(n, g, (c // g) * 9, h * w)
-        y = torch.einsum("gok,ngkp->ngop", self._weight_groups(), cols).reshape(n, -1, h, w)
-        if self.conv.bias is not None:
-            y = y + self.conv.bias.view(1, -1, 1, 1)
-        return torch.where(mask > 0.5, y, x)
+        """Reference path: the conv at every pixel (unfold + 1×1 with the same weights is the same sum, in
+        another order), then the input kept where the mask is 0. Also the training path (``amsr.finetune``):
+        a CARN-M x4 step (batch 8 of 48² LR patches, 2 CPU cores) takes ~1.5 s so, ~4.2 s with unfold + einsum."""
+        return torch.where(mask > 0.5, self.conv(x), x)
 
     def forward_sparse(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Inference path: gather the masked-in 3×3 neighbourhoods, one matmul, scatter into a copy of x.

@@ -13,7 +13,9 @@ from torch import nn
 from amsr.cli import calibrate as calibrate_cli
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
+from amsr.images import to_tensor, to_uint8
 from amsr.mask import MaskConfig
+from amsr.metrics import psnr_y
 from amsr.models import LoadedModel
 from amsr.operating_point import GridPoint, choose_operating_point, pick, score_grid
 from amsr.surgery import accelerate
@@ -166,6 +168,20 @@ def test_choose_on_a_tiny_real_case():
             assert op.chosen.loss_db <= budget
             assert op.chosen.saved == max(p.saved for p in ok)
     assert all(p.gmacs <= p.dense_gmacs for p in points)
+
+    # Against another network's dense output (fine-tuned weights vs the original): the losses move by
+    # exactly the two dense networks' PSNR difference, image by image.
+    other = _tiny_model()
+    with torch.no_grad():
+        for param in other.net.parameters():
+            param.mul_(0.9)
+    against = score_grid(model, pairs, grid, reference=other)
+    own_dense = [psnr_y(to_uint8(model.dense()(to_tensor(lr))), hr, SCALE) for lr, hr in pairs]
+    ref_dense = [psnr_y(to_uint8(other.dense()(to_tensor(lr))), hr, SCALE) for lr, hr in pairs]
+    shift = float(np.mean(ref_dense) - np.mean(own_dense))
+    assert abs(shift) > 1e-3  # the reference does differ
+    for mine, theirs in zip(points, against):
+        assert theirs.loss_db == pytest.approx(mine.loss_db + shift, abs=1e-6)
 
 
 @pytest.mark.parametrize("extra, message", [([], "no images"), (["--budget", "-1"], "budget"),

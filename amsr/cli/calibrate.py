@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB), metavar="DB",
                    help=f"largest mean Y-PSNR loss allowed, dB (default {DEFAULT_BUDGET_DB})")
     add_calibration_args(p)
+    p.add_argument("--reference-weights", type=Path, metavar="FILE",
+                   help="measure the loss against this checkpoint's dense output (for fine-tuned --weights: the "
+                        "original they replace; default: the --weights network's own)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE",
                    help="write the operating point here (a file named 'default' is given to --operating-point "
                         "as ./default)")
@@ -49,8 +52,10 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> Operatin
 
     pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    ref_weights = getattr(args, "reference_weights", None)
+    reference = load_model(args.model, args.scale, weights=ref_weights, variant=args.variant) if ref_weights else None
     progress = (lambda s: print(f"calibrating {s}", file=sys.stderr)) if getattr(args, "verbose", False) else None
-    op = choose_operating_point(model, pairs, budget, progress=progress)
+    op = choose_operating_point(model, pairs, budget, progress=progress, reference=reference)
     op.calibration.update({"folder": str(folder), "crop_lr_px": args.crop or None,
                            "lr": "torch bicubic downscale, antialias=True, uint8"})
     return op

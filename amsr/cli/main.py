@@ -17,6 +17,7 @@ TOOLS = {
     "parity": "check an exported graph against PyTorch, or its tiled output against the dense model",
     "upscale": "upscale image files with an exported graph or a zoo model",
     "bench": "dense vs accelerated speed of a zoo model on the same images",
+    "finetune": "train a zoo model with its mask in the loop (mask-aware fine-tuning)",
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOOLS = ("eval", "calibrate", "export", "parity", "upscale", "bench")
+TOOLS = ("eval", "calibrate", "export", "parity", "upscale", "bench", "finetune")
 HEAVY = ("torch", "numpy", "onnx", "onnxruntime", "onnxscript", "PIL")
 
 
@@ -41,9 +41,9 @@ def test_help_imports_no_torch(tool: str) -> None:
 
 
 def _parsers() -> list[argparse.ArgumentParser]:
-    from amsr.cli import bench, calibrate, eval, export, parity, upscale
+    from amsr.cli import bench, calibrate, eval, export, finetune, parity, upscale
 
-    return [m.build_parser() for m in (eval, calibrate, export, parity, upscale, bench)]
+    return [m.build_parser() for m in (eval, calibrate, export, parity, upscale, bench, finetune)]
 
 
 @pytest.mark.parametrize("parser", _parsers(), ids=TOOLS)

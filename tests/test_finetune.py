@@ -1,0 +1,127 @@
+"""Mask-aware fine-tuning: trained as inference runs, deterministic, resumable, saved in the zoo's layout.
+
+Quality after fine-tuning is a benchmark (results/README.md, fine-tuning), not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from amsr.cli.finetune import main
+from amsr.errors import AmsrError
+from amsr.finetune import FinetuneSpec, finetune, save_finetuned, state_path_for, trainable
+from amsr.images import read_rgb8, save_png, to_tensor
+from amsr.mask import MaskConfig
+from amsr.models import load_model, unwrap_accelerated
+from amsr.weights import sha256_of
+from tests.conftest import weight_file
+
+
+@pytest.fixture(scope="module")
+def train_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """Three small HR images (crops of the shared training set) and one too small to give a patch."""
+    src = sorted((data_dir / "train").rglob("*.png"))
+    if len(src) < 3:
+        pytest.skip(f"{data_dir / 'train'}: needs ≥ 3 HR training images")
+    folder = tmp_path_factory.mktemp("train")
+    (folder / "sub").mkdir()
+    for i, p in enumerate(src[:3]):
+        save_png(folder / ("sub" if i else ".") / f"hr_{i}.png", read_rgb8(p)[:96, :88])
+    save_png(folder / "tiny.png", read_rgb8(src[0])[:40, :40])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def carn_m(weights_dir: Path):  # noqa: ANN201 — LoadedModel
+    return load_model("carn_m", 4, weights=weight_file(weights_dir, "carn_m.pth"))
+
+
+def _spec(folder: Path, **kw: object) -> FinetuneSpec:
+    base: dict[str, object] = {"config": MaskConfig(dilation=1), "data": folder, "steps": 4, "batch": 2,
+                               "patch": 16, "save_every": 2}
+    return FinetuneSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("config", [MaskConfig(dilation=1), MaskConfig(dilation=4, output_dilation=2)])
+def test_training_forward_is_the_inference_forward(carn_m, config: MaskConfig, data_dir: Path) -> None:
+    """The module trained is the accelerated model's dense reference path: on an image it gives the sparse
+    inference output (skip, blend, sparse tail), so what is trained is what will run."""
+    x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / "img_002.png")[:40, :36])
+    _, acc = trainable(carn_m, config)
+    inference = carn_m.accelerated(config)
+    with torch.no_grad():
+        expected = inference(x)
+        got = acc(x)
+    assert torch.equal(unwrap_accelerated(inference).last_mask, acc.last_mask)
+    assert float(acc.last_mask.mean()) < 0.95  # something is skipped: the check is not dense vs dense
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_deterministic_and_resumable(carn_m, train_dir: Path, tmp_path: Path) -> None:
+    straight = finetune(carn_m, _spec(train_dir))
+    again = finetune(carn_m, _spec(train_dir))
+    assert all(torch.equal(straight.state_dict[k], again.state_dict[k]) for k in straight.state_dict)
+
+    out = tmp_path / "ft.pth"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step: int, steps: int, loss: float) -> None:
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(carn_m, _spec(train_dir), out=out, progress=stop_at_3)
+    assert state_path_for(out).is_file()  # written at step 2
+    resumed = finetune(carn_m, _spec(train_dir), out=out)
+    assert resumed.record["steps_done"] == 4
+    assert resumed.losses == straight.losses
+    assert all(torch.equal(straight.state_dict[k], resumed.state_dict[k]) for k in straight.state_dict)
+    base = carn_m.net.state_dict()
+    changed = [k for k in base if not torch.equal(base[k], straight.state_dict[k])]
+    assert "b1.b1.body.0.weight" in changed  # a masked conv was trained
+    assert not any(k.startswith(("sub_mean.", "add_mean.")) for k in changed)  # fixed in the authors' code too
+    assert straight.record["images"] == 3  # tiny.png is smaller than one 16-px patch at x4
+
+    with pytest.raises(AmsrError, match="another run"):
+        finetune(carn_m, _spec(train_dir, lr=3e-4), out=out)
+
+
+def test_saved_checkpoint_loads_everywhere_with_its_record(carn_m, train_dir: Path, tmp_path: Path) -> None:
+    result = finetune(carn_m, _spec(train_dir, steps=2))
+    ckpt, record_file = save_finetuned(tmp_path / "carn_m_ft.pth", result)
+    record = json.loads(record_file.read_text())
+    assert record["base_weights_sha256"] == sha256_of(carn_m.weights)
+    assert record["weights_sha256"] == sha256_of(ckpt)
+    assert record["steps_done"] == 2 and record["spec"]["config"]["dilation"] == 1 and record["spec"]["seed"] == 0
+    assert np.isfinite(record["final_loss_l1"])
+    again = load_model("carn_m", 4, weights=ckpt)
+    loaded = again.net.state_dict()
+    assert all(torch.equal(loaded[k], result.state_dict[k]) for k in loaded)
+
+
+def test_cli_trains_and_refuses_in_one_line(train_dir: Path, weights_dir: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    weights = str(weight_file(weights_dir, "carn_m.pth"))
+    common = ["--model", "carn_m", "--scale", "4", "--weights", weights, "--data", str(train_dir),
+              "--batch", "2", "--patch", "16", "--no-progress"]
+    out = tmp_path / "ft.pth"
+    assert main([*common, "--dilation", "1", "--steps", "2", "--out", str(out)]) == 0
+    assert out.is_file() and out.with_suffix(".json").is_file() and not state_path_for(out).exists()
+    assert "2/2 steps" in capsys.readouterr().out
+
+    for argv, needle in (
+        ([*common, "--steps", "2", "--out", str(out)], "give the mask"),
+        ([*common, "--dilation", "1", "--patch", "400", "--out", str(out)], "no image is at least"),
+        ([*common, "--dilation", "1", "--steps", "0", "--out", str(out)], "must be ≥ 1"),
+        ([*common, "--dilation", "1", "--data", str(tmp_path / "nowhere"), "--out", str(out)], "nowhere"),
+    ):
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and needle in err and len(err.splitlines()) == 1, (argv, err)
