@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from amsr.errors import AmsrError, InputImageError
 from amsr.files import save_bytes, save_with
-from amsr.images import list_images, read_rgb8
+from amsr.images import list_images, read_rgb8, to_tensor
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel
 from amsr.operating_point import make_lr
@@ -130,9 +130,8 @@ class TrainingSet:
             self.lr.append(torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1))
             self.hr.append(torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1))
             if generator is not None:
-                x = self.lr[-1][None].float() / 255
                 with torch.no_grad():
-                    masks = _masks(generator, x)
+                    masks = _masks(generator, to_tensor(lr))
                 self.masks.append(torch.cat(masks, dim=1).to(torch.uint8))
         if not self.files:
             raise InputImageError(f"{root}: no image is at least {patch * scale} px on each side "
@@ -248,7 +247,7 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
     saved = state_path_for(out) if out is not None else None
     if saved is not None and saved.is_file():
         step, losses, elapsed = _resume(saved, identity, state, opt, sched, rng)
-    generator = MaskGenerator(spec.config, cuda_graphs=False) if spec.mask_source == "patch" else None
+    generator = MaskGenerator(spec.config, cuda_graphs=False).to(dev) if spec.mask_source == "patch" else None
     started = time.monotonic()
     while step < spec.steps:
         if spec.minutes is not None and time.monotonic() - started >= spec.minutes * 60:
@@ -258,7 +257,7 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         if masks is None:
             assert generator is not None
             with torch.no_grad():
-                mask, output_mask = _masks(generator.to(dev), x)
+                mask, output_mask = _masks(generator, x)
         else:
             mask, output_mask = masks[:, :1].to(dev), masks[:, 1:].to(dev)
         y = acc(x, mask=mask, output_mask=output_mask if spec.config.output_dilation is not None else None)
