@@ -40,11 +40,12 @@ from amsr.files import save_bytes, save_with
 from amsr.images import list_images, read_rgb8, to_tensor
 from amsr.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel
-from amsr.operating_point import make_lr
+from amsr.operating_point import calibration_sample, make_lr
 from amsr.surgery import AcceleratedSR, accelerate
 from amsr.weights import sha256_of
 
 MASK_SOURCES = ("image", "patch")
+TARGETS = ("dense", "hr")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class FinetuneSpec:
         lr: Adam's initial learning rate.
         seed: seeds patch sampling (images, positions, flips).
         mask_source: ``"image"`` or ``"patch"`` (module docstring).
+        target: what the output is trained towards: ``"dense"`` the original network's dense output on the
+            same patch (distillation: the loss is the mask's own error, what the quality budget measures), or
+            ``"hr"`` the HR patch (the loss then also carries the network's own error).
+        holdout: leave out of training the images ``amsr-calibrate --max-images HOLDOUT`` takes from the same
+            folder (``calibration_sample``), so the new weights are calibrated on images they never saw.
         save_every: write the resumable state every this many steps.
     """
 
@@ -74,6 +80,8 @@ class FinetuneSpec:
     lr: float = 1e-4
     seed: int = 0
     mask_source: str = "image"
+    target: str = "dense"
+    holdout: int = 0
     save_every: int = 50
 
     def __post_init__(self) -> None:
@@ -86,6 +94,10 @@ class FinetuneSpec:
             raise AmsrError(f"lr must be a positive number, got {self.lr}")
         if self.minutes is not None and not self.minutes > 0:
             raise AmsrError(f"minutes must be > 0, got {self.minutes}")
+        if self.target not in TARGETS:
+            raise AmsrError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.holdout < 0:
+            raise AmsrError(f"holdout must be ≥ 0, got {self.holdout}")
         if self.mask_source not in MASK_SOURCES:
             raise AmsrError(f"mask_source must be one of {', '.join(MASK_SOURCES)}, got {self.mask_source!r}")
 
@@ -111,11 +123,17 @@ class TrainingSet:
     (T91 + BSD200 at x4: ~140 MB HR); a patch is converted when drawn.
     """
 
-    def __init__(self, folder: Path, scale: int, patch: int, config: MaskConfig, mask_source: str) -> None:
+    def __init__(self, folder: Path, scale: int, patch: int, config: MaskConfig, mask_source: str,
+                 holdout: int = 0) -> None:
         root = Path(folder)
         files = list_images(root, recursive=True)
         if not files:
             raise InputImageError(f"{root}: no images (expected HR .png/.jpg/… files)")
+        held = set(calibration_sample(files, holdout)) if holdout else set()
+        if len(held) >= len(files):
+            raise InputImageError(f"{root}: holding out {holdout} images leaves none of its {len(files)} to train on")
+        files = [f for f in files if f not in held]
+        self.held_out = len(held)
         self.root, self.scale, self.patch = root, scale, patch
         self.files: list[Path] = []
         self.lr: list[torch.Tensor] = []
@@ -233,11 +251,12 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         raise AmsrError(f"{model.arch.id}: --patch must be a multiple of {size.multiple_of} and ≥ {size.minimum} "
                         f"LR px (got {spec.patch})")
     dev = torch.device(device)
-    data = TrainingSet(spec.data, model.scale, spec.patch, spec.config, spec.mask_source)
+    data = TrainingSet(spec.data, model.scale, spec.patch, spec.config, spec.mask_source, spec.holdout)
     identity = _identity(model, spec, data)
     state, acc = trainable(model, spec.config)
     acc.to(dev).eval()  # eval: inference semantics (no drop-path); gradients flow all the same
     params = [p for p in acc.parameters() if p.requires_grad]
+    teacher = model.net.to(dev).eval() if spec.target == "dense" else None  # frozen by load_model
     opt = torch.optim.Adam(params, lr=spec.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, spec.steps)
                                                                                  / spec.steps)))
@@ -261,6 +280,9 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         else:
             mask, output_mask = masks[:, :1].to(dev), masks[:, 1:].to(dev)
         y = acc(x, mask=mask, output_mask=output_mask if spec.config.output_dilation is not None else None)
+        if teacher is not None:
+            with torch.no_grad():
+                hr = teacher(x)
         loss = F.l1_loss(y, hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -278,11 +300,13 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
     _check_layout(model, weights)
     tail = losses[-20:]
     record = {**identity, "base_weights": str(model.weights), "data": str(spec.data), "images": len(data.files),
+              "held_out": data.held_out,
               "steps_done": step, "minutes": spec.minutes,
               "first_loss_l1": round(sum(losses[:20]) / len(losses[:20]), 6) if losses else None,
               "final_loss_l1": round(sum(tail) / len(tail), 6) if tail else None,
               "seconds": round(elapsed, 1), "device": str(dev), "torch": torch.__version__,
-              "loss": "L1 on [0, 1] RGB of the output as inference makes it (mask, skip, blend)"}
+              "loss": "L1 on [0, 1] RGB of the output as inference makes it (mask, skip, blend) against "
+                      + ("the original network's dense output" if teacher is not None else "the HR patch")}
     return FinetuneResult(weights, record, losses)
 
 

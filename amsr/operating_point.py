@@ -92,6 +92,16 @@ def make_lr(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return to_uint8(lr), hr
 
 
+def calibration_sample(files: Sequence[Path], max_images: int | None) -> list[Path]:
+    """The images calibration uses out of a sorted list: all of them, or every ``k``-th when ``max_images``
+    is less than the count (the sample spans the folder). Fine-tuning leaves out the same images
+    (``FinetuneSpec.holdout``), so a checkpoint trained on a folder is calibrated on images it never saw."""
+    if max_images is None or len(files) <= max_images:
+        return list(files)
+    step = len(files) / max_images
+    return [files[int(i * step)] for i in range(max_images)]
+
+
 def load_calibration(folder: str | os.PathLike[str], scale: int, max_images: int | None = None,
                      crop: int | None = None) -> list[Pair]:
     """(LR, HR) pairs from a folder (and its subfolders) of HR images (sorted; every ``k``-th image when ``max_images`` is less
@@ -106,10 +116,8 @@ def load_calibration(folder: str | os.PathLike[str], scale: int, max_images: int
     files = list_images(root, recursive=True)  # training sets come as subfolders (T91/, BSD200/)
     if not files:
         raise InputImageError(f"{root}: no images (expected HR .png/.jpg/… files)")
-    if max_images is not None and len(files) > max_images:
-        step = len(files) / max_images
-        files = [files[int(i * step)] for i in range(max_images)]
     pairs = []
+    files = calibration_sample(files, max_images)
     for f in files:
         hr = read_rgb8(f)
         if crop is not None:

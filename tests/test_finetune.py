@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from amsr.cli.finetune import main
-from amsr.errors import AmsrError
-from amsr.finetune import FinetuneSpec, finetune, save_finetuned, state_path_for, trainable
+from amsr.errors import AmsrError, InputImageError
+from amsr.finetune import FinetuneSpec, TrainingSet, finetune, save_finetuned, state_path_for, trainable
+from amsr.images import list_images
+from amsr.operating_point import calibration_sample
 from amsr.images import read_rgb8, save_png, to_tensor
 from amsr.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
@@ -93,6 +95,24 @@ def test_deterministic_and_resumable(carn_m, train_dir: Path, tmp_path: Path) ->
         finetune(carn_m, _spec(train_dir, lr=3e-4), out=out)
 
 
+def test_distillation_target_and_held_out_calibration_images(carn_m, train_dir: Path) -> None:
+    """``target="dense"`` trains towards the original network's output: at the first step its loss is the mask's
+    own error, below the loss against HR (which adds the network's own error to it). ``holdout`` leaves out exactly
+    the images calibration would take from the folder."""
+    distil = finetune(carn_m, _spec(train_dir, steps=1))
+    to_hr = finetune(carn_m, _spec(train_dir, steps=1, target="hr"))
+    assert 0 < distil.losses[0] < 0.9 * to_hr.losses[0]
+
+    config = MaskConfig(dilation=1)
+    every = TrainingSet(train_dir, 4, 16, config, "image")
+    held = calibration_sample(list_images(train_dir, recursive=True), 1)
+    kept = TrainingSet(train_dir, 4, 16, config, "image", holdout=1)
+    assert kept.held_out == 1 and held[0] in every.files and held[0] not in kept.files
+    assert len(kept.files) == len(every.files) - 1
+    with pytest.raises(InputImageError, match="leaves none"):
+        TrainingSet(train_dir, 4, 16, config, "image", holdout=4)
+
+
 def test_saved_checkpoint_loads_everywhere_with_its_record(carn_m, train_dir: Path, tmp_path: Path) -> None:
     result = finetune(carn_m, _spec(train_dir, steps=2))
     ckpt, record_file = save_finetuned(tmp_path / "carn_m_ft.pth", result)
@@ -110,11 +130,12 @@ def test_cli_trains_and_refuses_in_one_line(train_dir: Path, weights_dir: Path, 
                                             capsys: pytest.CaptureFixture[str]) -> None:
     weights = str(weight_file(weights_dir, "carn_m.pth"))
     common = ["--model", "carn_m", "--scale", "4", "--weights", weights, "--data", str(train_dir),
-              "--batch", "2", "--patch", "16", "--no-progress"]
+              "--batch", "2", "--patch", "16", "--holdout", "1", "--no-progress"]
     out = tmp_path / "ft.pth"
     assert main([*common, "--dilation", "1", "--steps", "2", "--out", str(out)]) == 0
     assert out.is_file() and out.with_suffix(".json").is_file() and not state_path_for(out).exists()
     assert "2/2 steps" in capsys.readouterr().out
+    assert json.loads(out.with_suffix(".json").read_text())["held_out"] == 1
 
     for argv, needle in (
         ([*common, "--steps", "2", "--out", str(out)], "give the mask"),

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the patch sampling (default 0)")
     t.add_argument("--mask-source", choices=("image", "patch"), default="image",
                    help="masks of the whole LR image cropped with the patch, as inference (default), or of the patch")
+    t.add_argument("--target", choices=("dense", "hr"), default="dense",
+                   help="train the output towards the original network's dense output (default: distillation, "
+                        "the loss is the mask's own error) or towards the HR patch")
+    t.add_argument("--holdout", type=int, default=20, metavar="N",
+                   help="leave out the N images amsr-calibrate --max-images N takes from --data, to calibrate "
+                        "the new weights on unseen images (default 20, amsr-calibrate's default; 0 = train on all)")
     t.add_argument("--save-every", type=int, default=50, help="write the resumable state every N steps (default 50)")
     t.add_argument("--device", default="cpu", help="torch device (default cpu)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -72,7 +78,8 @@ def _run(args: argparse.Namespace) -> int:
         check_writable(path, what)  # before minutes of training
     spec = FinetuneSpec(config=mask_config_from(args), data=args.data, steps=args.steps, minutes=args.minutes,
                         batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
-                        mask_source=args.mask_source, save_every=args.save_every)
+                        mask_source=args.mask_source, target=args.target, holdout=args.holdout,
+                        save_every=args.save_every)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     bar = tqdm(total=spec.steps, desc="amsr-finetune", unit="step", file=sys.stderr, disable=args.no_progress)
 
@@ -89,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     if r["steps_done"] == spec.steps:
         remove_state(args.out)
     print(f"{args.model} x{args.scale}: {r['steps_done']}/{spec.steps} steps in {r['seconds']:.0f} s on "
-          f"{r['images']} image(s), final L1 {r['final_loss_l1']}; wrote {ckpt} and {record}"
+          f"{r['images']} image(s) ({r['held_out']} held out for calibration), final L1 {r['final_loss_l1']}; wrote {ckpt} and {record}"
           + ("" if r["steps_done"] == spec.steps else "; stopped by --minutes (the state file stays for a resume)"))
     return 0
 
