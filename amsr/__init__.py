@@ -1,5 +1,66 @@
-"""amsr: training-free adaptive masking (arXiv 2505.06975) for pretrained super-resolution networks."""
+"""amsr: training-free adaptive masking (arXiv 2505.06975) for pretrained super-resolution networks.
+
+The public API, for a zoo model and for your own network::
+
+    import amsr
+    model = amsr.load_model("carn_m", 4)                      # a zoo network with its official weights
+    fast = model.accelerated(amsr.MaskConfig(dilation=4, output_dilation=1))
+    acc = amsr.accelerate(my_net, amsr.find_identity_convs(my_net), amsr.MaskConfig())
+
+The names resolve at first use (PEP 562), so ``import amsr`` — and every CLI's ``--help`` — does not import
+torch. Layers (README, Layout): ``amsr.masking`` → ``amsr.sparse`` → surgery/zoo → ``amsr.export`` →
+``amsr.runtime`` → ``amsr.tools`` → ``amsr.cli``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name → the module that defines it
+_API: dict[str, str] = {
+    "load_model": "amsr.models",
+    "LoadedModel": "amsr.models",
+    "accelerate": "amsr.surgery",
+    "find_identity_convs": "amsr.surgery",
+    "AcceleratedSR": "amsr.surgery",
+    "MaskConfig": "amsr.masking.mask",
+    "AmsrError": "amsr.errors",
+    "UnsupportedModelError": "amsr.errors",
+    "CheckpointError": "amsr.errors",
+    "InputImageError": "amsr.errors",
+    "BackendUnavailableError": "amsr.errors",
+    "ExportError": "amsr.errors",
+}
+
+__all__ = ["AcceleratedSR", "AmsrError", "BackendUnavailableError", "CheckpointError", "ExportError",
+           "InputImageError", "LoadedModel", "MaskConfig", "UnsupportedModelError", "__version__", "accelerate",
+           "find_identity_convs", "load_model"]
+
+if TYPE_CHECKING:
+    from amsr.errors import (
+        AmsrError,
+        BackendUnavailableError,
+        CheckpointError,
+        ExportError,
+        InputImageError,
+        UnsupportedModelError,
+    )
+    from amsr.masking.mask import MaskConfig
+    from amsr.models import LoadedModel, load_model
+    from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'amsr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -19,16 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import InputImageError, UnsupportedModelError
-from amsr.mask import MaskConfig, MaskGenerator, dilate, require_finite
-from amsr.sparse_conv import (
+from amsr.masking.mask import MaskConfig, MaskGenerator, dilate, require_finite
+from amsr.sparse.hit import MaskedHiTBlock
+from amsr.sparse.pixel import (
     ExecutionMode,
     MaskContext,
     MaskedConv2d,
     check_maskable_conv,
 )
-from amsr.sparse_hit import MaskedHiTBlock
-from amsr.sparse_tail import TailContext, TailMaskedConv, tail_layers
-from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
+from amsr.sparse.tail import TailContext, TailMaskedConv, tail_layers
+from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules
@@ -228,7 +228,7 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
             ``fnmatch`` patterns naming the body 3×3 convs (a list, or one pattern as a string).
         config: mask settings (blur, dilation, window threshold, …); defaults to ``MaskConfig()``.
         mode: ``"sparse"`` computes only masked-in pixels / selected windows; ``"dense"`` is the reference path.
-        tail: (conv name, resolution factor vs LR) of the tail convs in execution order (``amsr.sparse_tail``
+        tail: (conv name, resolution factor vs LR) of the tail convs in execution order (``amsr.sparse.tail``
             ``TAIL_RULES``); used only with ``config.output_dilation`` set: they become ``TailMaskedConv``
             computed where the blend keeps the network output. ``None``: the tail runs densely.
 

@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import ExportError
-from amsr.mask import MaskConfig, MaskGenerator
-from amsr.rows import row_program
-from amsr.sparse_conv import MaskContext, MaskedConv2d
-from amsr.sparse_tail import TailMaskedConv
+from amsr.masking.mask import MaskConfig, MaskGenerator
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.rows import row_program
+from amsr.sparse.tail import TailMaskedConv
+from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.surgery import AcceleratedSR
-from amsr.sparse_window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
 from amsr.zoo.swinir_arch import (
@@ -282,7 +282,7 @@ class PaddedForExport(nn.Module):
 def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
     """A copy of ``model`` with the export twins swapped in (module names and parameter sharing kept).
 
-    ``rows``: an ``AcceleratedSR`` that has a row program (``amsr.rows.row_program``: CARN / CARN-M with the
+    ``rows``: an ``AcceleratedSR`` that has a row program (``amsr.sparse.rows.row_program``: CARN / CARN-M with the
     output blend) is exported as that program; ``False`` keeps the per-stage GatherND/ScatterND path."""
     prepared = copy.deepcopy(model)
     indices = SparseIndices()

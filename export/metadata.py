@@ -19,7 +19,7 @@ from amsr.files import atomic_path
 if TYPE_CHECKING:
     import onnx
 
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
 
 # Integer metadata and the smallest value each may hold (a scale of 0 or a negative minimum size is as unusable
 # as "x"): read with ``int_field``.
@@ -116,7 +116,7 @@ def int_field(meta: Mapping[str, str], key: str, source: str) -> int | None:
 def mask_config_field(meta: Mapping[str, str], source: str) -> MaskConfig | None:
     """The ``amsr.mask_config`` of an accelerated graph as a ``MaskConfig`` (``None`` when absent);
     ``CheckpointError`` when its keys or values are not valid settings."""
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
 
     if "amsr.mask_config" not in meta:
         return None

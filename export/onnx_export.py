@@ -15,7 +15,8 @@ pass over the 50 unrolled 2-means steps and the data-dependent sparse stages), m
 
 A trace is correct only for the branch the sample input took, so models are first rewritten with their
 export twins (``exportable.prepare_for_export``) that have no shape-dependent branches, and the export is
-then checked against PyTorch at the sample size and at an odd size (``verify=True``).
+then checked against PyTorch at the sample size and at an odd size (``verify``: the runtime's check,
+``amsr.runtime.export_check.onnxruntime_check``, passed in so that export imports nothing above it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
@@ -34,9 +36,10 @@ from torch import nn
 from amsr.errors import BackendUnavailableError, ExportError
 from amsr.export.exportable import export_min_size, mask_generator_of, pads_input, prepare_for_export
 from amsr.files import atomic_path
-from amsr.rows import is_row_program
+from amsr.sparse.rows import is_row_program
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,10 @@ VERIFY_SIZES: tuple[tuple[int, int], ...] = ((17, 23),)
 
 @functools.cache
 def toolchain_hash() -> str:
-    """8 hex digits over what shapes an exported graph: the torch, onnx and onnxscript versions and amsr's
-    own source (the ``amsr`` and ``amsr.export`` packages' ``.py`` files). Caches of exported graphs put it in
-    their file names, so a graph exported by other code — a release or a development checkout — is never
-    reused."""
+    """8 hex digits over what shapes an exported graph: the torch, onnx and onnxscript versions and the source
+    of the method and the exporter (``amsr`` without its tools and CLIs, and ``amsr.export``). Caches of
+    exported graphs put it in their file names, so a graph exported by other code — a release or a
+    development checkout — is never reused, while editing a harness or a help string keeps them."""
     from importlib import metadata
 
     import amsr
@@ -66,15 +69,20 @@ def toolchain_hash() -> str:
             versions.append(f"{package}={metadata.version(package)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{package}=?")
-    roots = [Path(amsr.__file__).parent, Path(amsr.export.__file__).parent]
-    return source_hash(roots, ";".join(versions))
+    method = Path(amsr.__file__).parent
+    return source_hash([method, Path(amsr.export.__file__).parent], ";".join(versions),
+                       exclude=[method / "cli", method / "tools"])
 
 
-def source_hash(roots: list[Path], salt: str = "") -> str:
-    """8 hex digits over ``salt`` and the names and bytes of every ``.py`` file below ``roots``."""
+def source_hash(roots: list[Path], salt: str = "", exclude: list[Path] | None = None) -> str:
+    """8 hex digits over ``salt`` and the names and bytes of every ``.py`` file below ``roots`` and not below
+    ``exclude``."""
     h = hashlib.sha256(salt.encode())
+    skip = tuple(exclude or ())
     for root in sorted(set(roots)):
         for f in sorted(root.rglob("*.py")):
+            if any(f.is_relative_to(e) for e in skip):
+                continue
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:8]
 
@@ -195,8 +203,20 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
     return Path(out)
 
 
+class Verdict(Protocol):
+    """What a verifier returns (``amsr.runtime.parity.ParityResult`` is one)."""
+
+    passed: bool
+
+    def summary(self) -> str: ...
+
+
+#: (model, written graph, inputs) → verdict; raises ``BackendUnavailableError`` when it cannot run here.
+Verifier = Callable[[nn.Module, Path, "list[np.ndarray]"], Verdict]
+
+
 def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sample_size: tuple[int, int] = (64, 64),
-                verify: bool = True, rows: bool = True) -> Path:
+                verify: Verifier | None = None, rows: bool = True) -> Path:
     """Export a dense or accelerated model to ONNX and write it atomically.
 
     Args:
@@ -205,10 +225,11 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
         out: destination ``.onnx`` path.
         opset: ONNX opset, ≥ 17 (18 and above are written by the exporter directly, 17 by a rewrite pass).
         sample_size: LR H×W of the sample the exporter traces with (any size ≥ 2 works: H, W stay dynamic).
-        verify: run the written graph in onnxruntime (when installed) at ``sample_size`` and at 17×23 and
-            compare it with ``model`` (Polygraphy, atol 1e-4, masks identical); skipped with a warning when
-            onnxruntime is missing.
-        rows: export an accelerated CARN / CARN-M with an output blend as its row program (``amsr.rows``:
+        verify: checks the written graph against ``model`` on image-like inputs at ``sample_size`` and at
+            17×23 before it reaches ``out``: ``amsr.runtime.export_check.onnxruntime_check`` (onnxruntime,
+            Polygraphy, atol 1e-4, masks identical; skipped with a warning when they are missing). ``None``:
+            not run (onnx.checker only).
+        rows: export an accelerated CARN / CARN-M with an output blend as its row program (``amsr.sparse.rows``:
             work follows the active pixels end to end); ``False``: the per-stage GatherND/ScatterND graph.
 
     Returns:
@@ -224,8 +245,8 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
     """
     with atomic_path(out) as tmp:  # a graph that fails verification never reaches ``out``
         export_graph(model, tmp, opset=opset, sample_size=sample_size, rows=rows)
-        if verify:
-            _verify(model, tmp, sample_size)
+        if verify is not None:
+            _verify(model, tmp, sample_size, verify)
     return Path(out)
 
 
@@ -241,20 +262,34 @@ def verification_image(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     return (smooth + 0.1 * (torch.rand(1, 3, h, w, generator=gen) - 0.5)).clamp(0, 1)
 
 
-def _verify(model: nn.Module, path: Path, sample_size: tuple[int, int]) -> None:
-    try:
-        from amsr.runtime.parity import compare_with_torch
-    except BackendUnavailableError as e:
-        log.warning("export written to %s but not verified: %s", path, e)
-        return
+def _verify(model: nn.Module, path: Path, sample_size: tuple[int, int], verify: Verifier) -> None:
     min_size = export_min_size(model)
     sizes = [sample_size] + [(max(h, min_size), max(w, min_size)) for h, w in VERIFY_SIZES]
     gen = torch.Generator().manual_seed(1)
     inputs = [verification_image(h, w, gen).numpy() for h, w in sizes]
     try:
-        result = compare_with_torch(model, path, inputs)
+        result = verify(model, path, inputs)
     except BackendUnavailableError as e:
         log.warning("export written to %s but not verified: %s", path, e)
         return
     if not result.passed:
         raise ExportError(f"{path}: ONNX output differs from PyTorch ({result.summary()})")
+
+def export_mask_only(model: nn.Module, out: str | Path, opset: int = 17,
+                     sample_size: tuple[int, int] = (64, 64)) -> Path:
+    """Write the mask generator of an accelerated model as its own graph: input ``lr``, output ``mask``.
+
+    Args:
+        model: an accelerated model (``LoadedModel.accelerated()``, an ``AcceleratedSR``) or a ``MaskGenerator``.
+        out: destination ``.onnx`` path (written atomically).
+
+    Raises:
+        ExportError: ``model`` has no mask generator (a dense model), or the export failed.
+    """
+    from amsr.export.passes import MASK_TENSOR
+
+    generator = mask_generator_of(model)
+    if generator is None:
+        raise ExportError(f"{type(model).__name__} has no mask generator (a dense model): nothing to export")
+    return export_graph(generator, out, opset=opset, sample_size=sample_size, output_name=MASK_TENSOR,
+                        kind="mask")

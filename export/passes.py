@@ -25,7 +25,6 @@ import ast
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amsr.errors import ExportError
@@ -33,7 +32,6 @@ from amsr.errors import ExportError
 if TYPE_CHECKING:
     import onnx
     import onnx_graphsurgeon as gs
-    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +41,11 @@ MASK_PREFIX = "mask/"
 SPARSE_PREFIX = "sparse_conv_"
 
 # Classes whose torch scopes mark the stages (qualified names as the exporter records them).
-_MASK_CLASSES = ("amsr.mask.MaskGenerator", "amsr.export.exportable.ExportMaskGenerator")
-_GENERATOR_CLASS = "amsr.mask.MaskGenerator"
+_MASK_CLASSES = ("amsr.masking.mask.MaskGenerator", "amsr.export.exportable.ExportMaskGenerator")
+_GENERATOR_CLASS = "amsr.masking.mask.MaskGenerator"
 _SPARSE_CLASS = "amsr.export.exportable.GatherScatterConv2d"
-# Tile-level sparse convs (amsr.sparse_tiles) export as they are and form sparse_conv_<i> stages too.
-_SPARSE_CLASSES = (_SPARSE_CLASS, "amsr.sparse_tiles.TileMaskedConv2d")
+# Tile-level sparse convs (amsr.sparse.tiles) export as they are and form sparse_conv_<i> stages too.
+_SPARSE_CLASSES = (_SPARSE_CLASS, "amsr.sparse.tiles.TileMaskedConv2d")
 # Window-selected Swin blocks (exportable.GatherScatterSwinBlock) form sparse_window_<i> stages.
 WINDOW_PREFIX = "sparse_window_"
 _WINDOW_CLASS = "amsr.export.exportable.GatherScatterSwinBlock"
@@ -366,24 +364,3 @@ def mask_as_input(graph: gs.Graph) -> gs.Graph:
         t.shape = [lr.shape[0] if lr.shape else "N", 1, *(lr.shape[2:] if lr.shape else ["H", "W"])]
         graph.inputs.append(t)
     return graph.cleanup().toposort()
-
-
-def export_mask_only(model: nn.Module, out: str | Path, opset: int = 17,
-                     sample_size: tuple[int, int] = (64, 64)) -> Path:
-    """Write the mask generator of an accelerated model as its own graph: input ``lr``, output ``mask``.
-
-    Args:
-        model: an accelerated model (``LoadedModel.accelerated()``, an ``AcceleratedSR``) or a ``MaskGenerator``.
-        out: destination ``.onnx`` path (written atomically).
-
-    Raises:
-        ExportError: ``model`` has no mask generator (a dense model), or the export failed.
-    """
-    from amsr.export.exportable import mask_generator_of
-    from amsr.export.onnx_export import export_graph
-
-    generator = mask_generator_of(model)
-    if generator is None:
-        raise ExportError(f"{type(model).__name__} has no mask generator (a dense model): nothing to export")
-    return export_graph(generator, out, opset=opset, sample_size=sample_size, output_name=MASK_TENSOR,
-                        kind="mask")

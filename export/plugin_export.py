@@ -26,15 +26,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from amsr.plugins.masked_conv3x3 import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 from amsr.errors import ExportError
 from amsr.files import atomic_path
+from amsr.plugins.masked_conv3x3 import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 if TYPE_CHECKING:
     import onnx
     import onnx_graphsurgeon as gs
     from torch import nn
+
+    from amsr.export.onnx_export import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +125,15 @@ def plugin_graph_from(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def export_with_sparse_impl(model: nn.Module, out: str | Path, sparse_impl: str = "gather_scatter",
                             opset: int = 17, sample_size: tuple[int, int] = (64, 64),
-                            verify: bool = True) -> Path:
+                            verify: Verifier | None = None) -> Path:
     """``export_onnx`` with a choice of sparse implementation (see module docstring).
 
     With ``sparse_impl="plugin"`` the gather/scatter graph is exported (and verified against PyTorch in
-    onnxruntime when ``verify``), then rewritten; the rewrite is checked by ``onnx.checker`` only (run
+    onnxruntime by ``verify``, when given), then rewritten; the rewrite is checked by ``onnx.checker`` only (run
     ``ReferenceEvaluator`` with the plugin's OpRun for values: it is slow on full-size graphs).
     """
     import onnx
+
     from amsr.export.onnx_export import export_onnx
 
     if sparse_impl not in SPARSE_IMPLS:

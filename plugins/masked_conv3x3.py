@@ -7,7 +7,7 @@ Semantics (NCHW, float32 or float16)::
 
 Inputs: ``features`` N×C×H×W, ``mask`` N×1×H×W (1 = compute), ``weight`` O×(C/groups)×3×3 with O == C
 (the output keeps the input where the mask is 0, so channel counts must agree), ``bias`` O.
-Attribute: ``groups`` (int ≥ 1, divides C). This is what ``amsr.sparse_conv.MaskedConv2d`` computes and
+Attribute: ``groups`` (int ≥ 1, divides C). This is what ``amsr.sparse.pixel.MaskedConv2d`` computes and
 what ``export.exportable.GatherScatterConv2d`` spells with NonZero/GatherND/MatMul/ScatterND.
 
 This module holds the NumPy and torch references and the ``onnx.reference`` ``OpRun`` so that

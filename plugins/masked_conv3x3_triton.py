@@ -100,6 +100,7 @@ def grid(n: int, c: int, h: int, w: int) -> tuple[int, int, int]:
 def launch(x: Any, mask: Any, weight: Any, bias: Any, groups: int = 1) -> Any:
     """Run the kernel on torch tensors (contiguous NCHW); returns a new tensor like ``x``."""
     import torch
+
     from amsr.plugins.masked_conv3x3 import check_shapes
 
     check_shapes(tuple(x.shape), tuple(mask.shape), tuple(weight.shape), tuple(bias.shape), groups)

@@ -199,7 +199,7 @@ def check_fidelity(onnx_path: str | Path, lr_images: Iterable[Path], dense_model
     Raises:
         InputImageError: an image that is not 8-bit RGB (``read_rgb8``); and as ``OrtUpscaler``.
     """
-    from amsr.images import read_rgb8, save_png
+    from amsr.io.images import read_rgb8, save_png
     from amsr.runtime.onnxrt import OrtUpscaler
     from amsr.runtime.upscaler import RunOptions, Upscaler
 

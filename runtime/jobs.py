@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amsr.errors import AmsrError
-from amsr.imageio import find_images, read_image, write_png
+from amsr.io.user_images import find_images, read_image, write_png
 from amsr.runtime.upscaler import Upscaler
 
 #: Exceptions that fail one file and let a batch go on: amsr's own (bad image, image too small), the
@@ -64,7 +64,7 @@ def output_path(src: Path, out_dir: Path) -> Path:
 
 def plan_jobs(inputs: Iterable[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
               overwrite: bool = False) -> Plan:
-    """Expand ``inputs`` (files, and folders non-recursively: ``amsr.imageio.find_images``) into jobs.
+    """Expand ``inputs`` (files, and folders non-recursively: ``amsr.io.user_images.find_images``) into jobs.
 
     Raises:
         AmsrError: no input image at all, or two inputs that would write the same output (listed).

@@ -78,6 +78,17 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def parse_providers(spec: str | None) -> str | tuple[str, ...] | None:
+    """A command line's ``--providers`` (comma-separated names or aliases, ``auto``, ``cpu``) as what
+    ``resolve_providers`` takes: ``None`` (CPU) for no spec or ``cpu`` alone, ``"auto"``, else the names."""
+    names = [s.strip() for s in (spec or "").split(",") if s.strip()]
+    if not names or [n.lower() for n in names] == ["cpu"]:
+        return None
+    if [n.lower() for n in names] == ["auto"]:
+        return "auto"
+    return tuple(names)
+
+
 def resolve_providers(providers: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
     """Execution provider names for ``providers`` (see module docstring) given the ``available`` ones."""
     if providers is None:
@@ -284,7 +295,7 @@ class OrtUpscaler:
         from amsr.errors import ExportError
         from amsr.export.metadata import mask_config_field
         from amsr.export.passes import extract_mask_subgraph
-        from amsr.mask import MAX_BLUR_SIZE
+        from amsr.masking.mask import MAX_BLUR_SIZE
 
         config = mask_config_field(self.metadata, str(self.path))
         self._blur_radius = (config.blur_size if config is not None else MAX_BLUR_SIZE) // 2

@@ -80,7 +80,7 @@ class ParityResult:
 def _reference_outputs(model: nn.Module, inputs: Sequence[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], bool]:
     """PyTorch outputs per input (``sr``, and ``mask`` for accelerated models / ``mask`` alone for a generator)."""
     from amsr.export.exportable import mask_generator_of
-    from amsr.mask import MaskGenerator
+    from amsr.masking.mask import MaskGenerator
     from amsr.surgery import AcceleratedSR
 
     model = model.eval()
@@ -100,8 +100,8 @@ def _reference_outputs(model: nn.Module, inputs: Sequence[np.ndarray]) -> tuple[
 
 
 def _psnr(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
-    from amsr.images import to_uint8
-    from amsr.metrics import psnr_y
+    from amsr.io.images import to_uint8
+    from amsr.io.metrics import psnr_y
 
     return psnr_y(to_uint8(torch.from_numpy(sr[:1])), hr, shave=scale)
 
@@ -171,7 +171,7 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike[str], lr_images:
                  hr_images: Sequence[str | os.PathLike[str]] | None = None, atol: float = 1e-4,
                  psnr_tol: float = 1e-3, providers: str | Sequence[str] | None = None) -> ParityResult:
     """``compare_with_torch`` on image files (8-bit RGB LR, optional HR of the same names for PSNR)."""
-    from amsr.images import read_rgb8, to_tensor
+    from amsr.io.images import read_rgb8, to_tensor
 
     if hr_images is not None and len(hr_images) != len(lr_images):
         raise InputImageError(f"{len(lr_images)} LR images but {len(hr_images)} HR images")
@@ -185,7 +185,7 @@ def check_parity_on_set(model: nn.Module, onnx_path: str | os.PathLike[str], fol
                         atol: float = 1e-4, psnr_tol: float = 1e-3,
                         providers: str | Sequence[str] | None = None) -> ParityResult:
     """Parity on a benchmark folder with ``LR/`` and ``HR/`` subfolders of equally named images."""
-    from amsr.images import list_images
+    from amsr.io.images import list_images
 
     folder = Path(folder)
     lr = list_images(folder / "LR")

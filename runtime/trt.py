@@ -249,9 +249,8 @@ def build_engine(onnx_path: str | os.PathLike[str], out_engine: str | os.PathLik
             below the graph's minimum input size.
         BackendUnavailableError: no tensorrt package or no NVIDIA GPU; or the build failed.
     """
-    from amsr.export.trt_support import require_trt_support
-
     from amsr.errors import ExportError
+    from amsr.export.trt_support import require_trt_support
 
     config = config or BuildConfig()
     onnx_path, out_engine = Path(onnx_path), Path(out_engine)

@@ -21,8 +21,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from amsr.runtime.parity import GOLDEN_RUNNER, SR, ParityResult, ParityRow, _psnr, _reference_outputs
 from torch import nn
+
+from amsr.runtime.parity import GOLDEN_RUNNER, SR, ParityResult, ParityRow, _psnr, _reference_outputs
 
 FP32_ATOL = 5e-4
 FP16_ATOL = 3e-2
@@ -40,9 +41,10 @@ def compare_engine_with_torch(model: nn.Module, engine_path: str | os.PathLike[s
                               names: Sequence[str] | None = None, hr: Sequence[np.ndarray | None] | None = None,
                               onnx_path: str | os.PathLike[str] | None = None) -> ParityResult:
     """Run ``model`` (PyTorch, CPU) and the engine (``TrtRunner``) on ``inputs`` and compare (fp16-aware)."""
-    from amsr.runtime.trt import TrtUpscaler
     from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
+
+    from amsr.runtime.trt import TrtUpscaler
 
     upscaler = TrtUpscaler(engine_path, onnx_path)
     fp16 = upscaler.sidecar.get("precision") == "fp16"

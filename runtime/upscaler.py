@@ -51,8 +51,8 @@ from amsr.runtime.tiling import Tile, context
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    from amsr.cache_key import ExportKey
-    from amsr.mask import MaskConfig
+    from amsr.export.cache_key import ExportKey
+    from amsr.masking.mask import MaskConfig
     from amsr.runtime.onnxrt import OrtUpscaler
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class RunOptions:
         overlap: LR px of context around each tile (see module docstring).
         per_tile_mask: accelerated graphs: each tile computes its own mask (module docstring).
         dense_graph: ``auto`` for a row graph (``amsr.execution = rows``): the dense graph of the same model,
-            run instead for an image whose whole-image mask density exceeds ``amsr.rows.DENSE_ABOVE_DENSITY``
+            run instead for an image whose whole-image mask density exceeds ``amsr.sparse.rows.DENSE_ABOVE_DENSITY``
             (there the rows would be slower; the dense output is the better one). ``None``: always the graph.
     """
 
@@ -241,7 +241,7 @@ class Upscaler:
         mask is denser than ``DENSE_ABOVE_DENSITY`` (the mask stage runs once more: ~1 % of a dense run)."""
         if self._dense is None:
             return self._ort
-        from amsr.rows import DENSE_ABOVE_DENSITY
+        from amsr.sparse.rows import DENSE_ABOVE_DENSITY
 
         density = float(self._ort.masks(x)["mask"].mean())
         use_dense = density > DENSE_ABOVE_DENSITY
@@ -355,13 +355,13 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
     """The cached ONNX export of a zoo model (``export_cache_path``), exported and verified against PyTorch on
     first use. Concurrent first uses (threads, processes, Ray actors) are safe: each writes atomically.
 
-    The entry is served only when its sidecar (``amsr.cache_key``) vouches for its bytes; a truncated or swapped
+    The entry is served only when its sidecar (``amsr.export.cache_key``) vouches for its bytes; a truncated or swapped
     file is exported again. A cache folder that cannot be written is refused before the model is loaded.
 
     Raises:
         OutputPathError: the export is needed and the cache folder refuses new files.
     """
-    from amsr.cache_key import cached_export, entry_problem
+    from amsr.export.cache_key import cached_export, entry_problem
     from amsr.files import check_writable
 
     out, wpath, config, key = _cache_entry(name, scale, dilation, accelerated, mask, variant, weights, cache_dir,
@@ -372,11 +372,12 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
     def export(dest: Path) -> None:
         from amsr.export.onnx_export import export_onnx
         from amsr.models import load_model
+        from amsr.runtime.export_check import onnxruntime_check
 
         model = load_model(name, scale, weights=wpath, variant=variant)
         module = model.accelerated(config) if accelerated else model.dense()
         log.info("exporting %s x%d to %s", name, scale, dest)
-        export_onnx(module, dest, opset=key.opset)
+        export_onnx(module, dest, opset=key.opset, verify=onnxruntime_check)
 
     return cached_export(out, key, export)
 
@@ -400,7 +401,7 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
     The file is named after everything that changes the graph, so a stale export is never reused:
     ``<name>[-<variant>]_x<scale>_<dense | amsr-d<dilation>-<hash of all mask settings>>_w<checkpoint
     sha256>_op<opset>_<hash of the torch, onnx, onnxscript versions and amsr's source>.onnx`` in ``cache_dir``
-    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``): ``amsr.cache_key.ExportKey.file_name``, the
+    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``): ``amsr.export.cache_key.ExportKey.file_name``, the
     scheme amsr-bench's cache uses too.
 
     Raises:
@@ -413,9 +414,9 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
                  variant: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
                  opset: int | None) -> tuple[Path, Path, MaskConfig, ExportKey]:
     from amsr import paths
-    from amsr.cache_key import export_key
     from amsr.errors import AmsrError, UnsupportedModelError
-    from amsr.mask import MaskConfig
+    from amsr.export.cache_key import export_key
+    from amsr.masking.mask import MaskConfig
     from amsr.weights import resolve_weights
     from amsr.zoo import get_architecture
 

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from amsr.cli.common import write_json
-from amsr.images import read_rgb8, to_tensor
-from amsr.mask import MaskConfig, MaskGenerator
+from amsr.io.images import read_rgb8, to_tensor
+from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.plugins.masked_conv3x3 import masked_conv3x3_torch
 from amsr.plugins.masked_conv3x3_triton import launch
-from amsr.sparse_conv import MaskContext, MaskedConv2d
-from amsr.sparse_tiles import TileIndices, tile_conv
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.tiles import TileIndices, tile_conv
 
 
 def _bench_fn(dev: torch.device):  # type: ignore[no-untyped-def]

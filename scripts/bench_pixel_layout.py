@@ -28,7 +28,7 @@ from torch import nn
 from amsr.cli.common import write_json
 from amsr.export.exportable import GatherScatterConv2d, SparseIndices
 from amsr.runtime.onnxrt import session_options
-from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
 
 
 class ChannelMajorConv(nn.Module):

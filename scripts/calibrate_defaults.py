@@ -1,6 +1,6 @@
 """Calibrate the shipped default operating points, then measure them on the test sets.
 
-For every model × scale: one grid (``amsr.operating_point.default_grid``) is scored once on calibration
+For every model × scale: one grid (``amsr.tools.calibrate.default_grid``) is scored once on calibration
 pairs made from the HR training images (``$AMSR_DATA_DIR/train``: T91 + BSD200, never a test set; LR by
 torch bicubic downscale with antialias) and, for each budget, ``pick`` chooses the most compute-saving
 setting whose mean Y-PSNR loss is within it. Writes (each atomically, merged with what is there, after
@@ -26,20 +26,18 @@ from pathlib import Path
 
 from amsr import paths
 from amsr.cli.common import write_json
-from amsr.evaluate import find_pairs, load_pair
 from amsr.files import save_bytes
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
 from amsr.operating_point import (
     DEFAULT_OPERATING_POINTS,
     GridPoint,
     budget_key,
     config_from_json,
-    default_grid,
-    load_calibration,
     pick,
-    score_grid,
 )
+from amsr.tools.calibrate import default_grid, load_calibration, score_grid
+from amsr.tools.evaluate import find_pairs, load_pair
 from amsr.zoo import get_architecture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,7 +260,7 @@ def main() -> int:
     zoo["calibration"] = {"source": "T91+BSD200 training HR images ($AMSR_DATA_DIR/train), never Set5/Set14",
                           "images": a.max_images, "crop_lr_px": a.crop or None,
                           "lr": "torch bicubic downscale, antialias=True, uint8",
-                          "grid": "(d_net, d_out) pairs of amsr.operating_point.DEFAULT_PAIRS, window threshold "
+                          "grid": "(d_net, d_out) pairs of amsr.tools.calibrate.DEFAULT_PAIRS, window threshold "
                                   "0.25 and 0.5 for transformers"}
     if a.repick and "calibration" in old:
         zoo["calibration"] = old["calibration"]  # the same calibration runs, re-picked

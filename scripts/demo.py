@@ -8,10 +8,10 @@
    Set5 images and a 160×240 centre crop of the first ``--parity-photos`` photos, the dense graph on Set5.
 3. upscale: a few Photos2K x4 photos and Set5 x4 with onnxruntime on the CPU, the dense graph and the
    accelerated one as the product runs it (``Upscaler`` with ``auto``: the row graph where the mask density
-   is ≤ ``amsr.rows.DENSE_ABOVE_DENSITY``, else the dense graph after the mask stage), interleaved per image in
+   is ≤ ``amsr.sparse.rows.DENSE_ABOVE_DENSITY``, else the dense graph after the mask stage), interleaved per image in
    the same run (the order alternates per round), one warm-up round, median of ``--repeats`` rounds
    (``--small-repeats`` for Set5's small crops).
-4. report: per image and per set — Y-PSNR against HR (``amsr.metrics.psnr_y``, ``scale`` px shaved) dense
+4. report: per image and per set — Y-PSNR against HR (``amsr.io.metrics.psnr_y``, ``scale`` px shaved) dense
    and accelerated, ΔPSNR, PSNR of the accelerated output against the dense one (8-bit RGB, whole image,
    ``amsr.runtime.fidelity.psnr_u8``), mask density, effective GMACs from the realised mask
    (``amsr.cost.run_counting_macs`` of what ran: the row program, or the dense network), time ratio
@@ -160,7 +160,7 @@ def check_parity(graphs: dict[str, Any], model: Any, inputs: Sequence[ParityInpu
     """Both graphs against their PyTorch reference (``amsr-parity``'s references: the accelerated model in its
     dense execution mode, the dense model) through ``amsr.runtime.parity.compare_with_torch``: the accelerated
     graph on every input, the dense graph on the Set5 ones (PyTorch's grouped convs take seconds per photo)."""
-    from amsr.images import to_tensor
+    from amsr.io.images import to_tensor
     from amsr.runtime.parity import compare_with_torch
 
     small = [i for i in inputs if i.set == SET5] or list(inputs)
@@ -234,12 +234,12 @@ def score(cfg: DemoConfig, model: Any, graphs: dict[str, Any], samples: list[Sam
     import torch
 
     from amsr.cost import run_counting_macs
-    from amsr.images import to_tensor
-    from amsr.mask import MaskGenerator
-    from amsr.metrics import psnr_y
+    from amsr.io.images import to_tensor
+    from amsr.io.metrics import psnr_y
+    from amsr.masking.mask import MaskGenerator
     from amsr.models import unwrap_accelerated
-    from amsr.rows import row_program
     from amsr.runtime.fidelity import psnr_u8, worst_blocks
+    from amsr.sparse.rows import row_program
 
     # The dense count on the meta device: shapes only, no arithmetic (the same hooks, the same numbers; PyTorch's
     # grouped convs take seconds per photo on 2 cores). A model the meta device cannot run is counted for real.
@@ -458,7 +458,7 @@ def markdown_report(report: dict[str, Any], cells: list[list[str]], lines: list[
 def load_samples(cfg: DemoConfig) -> tuple[list[Sample], list[ParityInput]]:
     """The photos and Set5 images (LR, HR), and the images parity runs on: the Set5 ones and the centre crop
     (``PARITY_CROP``) of the first ``cfg.parity_photos`` photos."""
-    from amsr.evaluate import find_pairs, load_pair
+    from amsr.tools.evaluate import find_pairs, load_pair
 
     data = cfg.data or paths.data_dir()
     samples, parity = [], []
@@ -499,9 +499,9 @@ def _centre_crop(set_name: str, name: str, lr: np.ndarray, hr: np.ndarray, scale
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demonstration; returns the JSON report (also written to ``cfg.out``)."""
     from amsr.files import check_writable_dir, save_bytes
-    from amsr.images import save_png
+    from amsr.io.images import save_png
     from amsr.models import load_model
-    from amsr.rows import DENSE_ABOVE_DENSITY
+    from amsr.sparse.rows import DENSE_ABOVE_DENSITY
 
     t_start = time.perf_counter()
     check_writable_dir(cfg.out, "--out")

@@ -32,10 +32,10 @@ from tqdm import tqdm
 from amsr import paths
 from amsr.cli.common import write_json
 from amsr.errors import AmsrError
-from amsr.evaluate import find_pairs, load_pair, score, _mean
 from amsr.files import save_bytes
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
+from amsr.tools.evaluate import _mean, find_pairs, load_pair, score
 from amsr.zoo import get_architecture
 
 DEFAULT_MODELS = ["carn_m", "imdn", "pan", "fsrcnn", "imdtn", "hit_srf", "ngswin"]

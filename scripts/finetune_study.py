@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from amsr.evaluate import find_pairs, load_pair, score
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
+from amsr.tools.evaluate import find_pairs, load_pair, score
 
 
 def main() -> int:

@@ -14,9 +14,9 @@ import torch
 
 from amsr import paths
 from amsr.cli.common import write_json
-from amsr.evaluate import find_pairs, load_pair, score
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
+from amsr.tools.evaluate import find_pairs, load_pair, score
 
 BLURS = [(3, 0.8), (5, 1.5), (7, 2.5)]
 MODES = [{"dilation": 1}, {"dilation": 4, "output_dilation": 2}]

@@ -16,7 +16,7 @@ from pathlib import Path
 from amsr import paths
 from amsr.cli.common import write_json
 from amsr.files import check_writable
-from amsr.images import list_images
+from amsr.io.images import list_images
 from amsr.models import load_model
 from amsr.operating_point import default_operating_point
 from amsr.runtime.fidelity import FidelityThresholds, check_fidelity, fidelity_line, fidelity_report

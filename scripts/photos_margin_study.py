@@ -18,9 +18,9 @@ import statistics
 
 import torch
 
-from amsr.evaluate import find_pairs, load_pair, score
 from amsr.models import load_model, unwrap_accelerated
 from amsr.operating_point import default_operating_point
+from amsr.tools.evaluate import find_pairs, load_pair, score
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Quality/compute trade-off of AMSR settings per model: ΔPSNR/ΔSSIM vs effective GMACs saved.
 
 For each model × set, every setting of a small grid (blur σ, network dilation d_net, window threshold,
-output-blend dilation d_out) is measured with ``amsr.operating_point.score_grid`` (effective GMACs from
+output-blend dilation d_out) is measured with ``amsr.tools.calibrate.score_grid`` (effective GMACs from
 ``amsr.cost``: only what the code computes; with a blend the zoo CNN tails run only where kept pixels need them).
 Writes ``results/quality/<model>_x<scale>.json`` (one entry per set) and ``<model>_x<scale>.png``.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from amsr import paths
 from amsr.cli.common import write_json
-from amsr.evaluate import find_pairs, load_pair
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
-from amsr.operating_point import score_grid
+from amsr.tools.calibrate import score_grid
+from amsr.tools.evaluate import find_pairs, load_pair
 
 
 def grid(dilations: list[int], outs: list[int | None], sigmas: list[float], thresholds: list[float]) -> list[MaskConfig]:

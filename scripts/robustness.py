@@ -2,7 +2,7 @@
 
 For each set × degradation: dense PSNR/SSIM against HR, and per AMSR setting the PSNR, the network-mask
 density and (blend) output-mask density and effective GMACs saved. ``+nafix`` settings use
-``amsr.mask.noise_aware_base_mask`` (pre-smoothing scaled by the estimated noise σ) instead of the plain mask.
+``amsr.masking.mask.noise_aware_base_mask`` (pre-smoothing scaled by the estimated noise σ) instead of the plain mask.
 Writes results/robustness.json.
 
     python scripts/robustness.py [--model carn_m] [--scale 4] [--sets Set5 Set14]
@@ -21,11 +21,11 @@ import torch
 from amsr import paths
 from amsr.cli.common import write_json
 from amsr.cost import run_counting_macs
-from amsr.evaluate import find_pairs, load_pair
-from amsr.images import to_tensor, to_uint8
-from amsr.mask import MaskConfig, dilate, estimate_noise_sigma, noise_aware_base_mask
-from amsr.metrics import psnr_y
+from amsr.io.images import to_tensor, to_uint8
+from amsr.io.metrics import psnr_y
+from amsr.masking.mask import MaskConfig, dilate, estimate_noise_sigma, noise_aware_base_mask
 from amsr.models import load_model, unwrap_accelerated
+from amsr.tools.evaluate import find_pairs, load_pair
 
 DEGRADATIONS = ["clean", "noise10", "noise25", "jpeg30", "jpeg60"]
 SETTINGS = {"d1": MaskConfig(dilation=1), "blend_d4_o2": MaskConfig(dilation=4, output_dilation=2)}

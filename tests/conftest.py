@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from amsr import paths
-from amsr.images import list_images, read_rgb8, to_tensor, to_uint8
-from amsr.metrics import psnr_y
+from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
+from amsr.io.metrics import psnr_y
 
 
 @pytest.fixture(scope="session")

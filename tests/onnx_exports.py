@@ -41,9 +41,10 @@ def exported_blend(weights: Path) -> Path:
     """CARN-M x4 at its shipped default operating point (network mask d_net, output blend d_out, sparse tail)."""
     from amsr.export.onnx_export import export_onnx
     from amsr.operating_point import default_operating_point
+    from amsr.runtime.export_check import onnxruntime_check
 
     acc = carn_m_x4(weights).accelerated(default_operating_point("carn_m", 4))
-    return export_onnx(acc, _tmp_dir() / "carn_m_x4_default_blend.onnx")
+    return export_onnx(acc, _tmp_dir() / "carn_m_x4_default_blend.onnx", verify=onnxruntime_check)
 
 
 # Transformer exports (tests/export/test_transformer_export.py, export/exportable's Swin twins).
@@ -79,9 +80,11 @@ def tiny_swinir_accelerated(variant: str) -> nn.Module:
 def exported_swinir(variant: str, kind: str) -> Path:
     """``dense`` or ``accelerated`` tiny SwinIR x2, written by ``export_onnx`` (verified at 32×32 and 17×23)."""
     from amsr.export.onnx_export import export_onnx
+    from amsr.runtime.export_check import onnxruntime_check
 
     model = tiny_swinir(variant) if kind == "dense" else tiny_swinir_accelerated(variant)
-    return export_onnx(model, _tmp_dir() / f"swinir_{variant}_{kind}.onnx", sample_size=SWINIR_SAMPLE)
+    return export_onnx(model, _tmp_dir() / f"swinir_{variant}_{kind}.onnx", sample_size=SWINIR_SAMPLE,
+                       verify=onnxruntime_check)
 
 
 @functools.cache
@@ -98,9 +101,10 @@ def exported_imdtn(kind: str, weights: Path) -> Path:
 def _export_zoo(model: LoadedModel, kind: str, sample_size: tuple[int, int] | None) -> Path:
     """Export ``model``'s ``dense`` or ``accelerated`` (default mask settings) form into the session's folder."""
     from amsr.export.onnx_export import export_onnx
+    from amsr.runtime.export_check import onnxruntime_check
 
     if kind not in ("dense", "accelerated"):
         raise ValueError(kind)
     net = model.dense() if kind == "dense" else model.accelerated()
     out = _tmp_dir() / f"{model.arch.id}_x{model.scale}_{kind}.onnx"
-    return export_onnx(net, out) if sample_size is None else export_onnx(net, out, sample_size=sample_size)
+    return export_onnx(net, out, sample_size=sample_size or (64, 64), verify=onnxruntime_check)

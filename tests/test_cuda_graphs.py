@@ -1,4 +1,4 @@
-"""The capture policy of amsr.cuda_graphs (which calls capture, replay, drop, give up). The CUDA graph itself
+"""The capture policy of amsr.masking.cuda_graphs (which calls capture, replay, drop, give up). The CUDA graph itself
 is the GPU boundary: here a fake graph replays ``fn`` into the static output; the real replay is checked on
 a GPU by tests/test_mask.py::test_cuda_graph_mask_equals_the_eager_mask_bit_for_bit."""
 
@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from amsr.cuda_graphs import CudaGraphed
+from amsr.masking.cuda_graphs import CudaGraphed
 
 
 class _FakeGraph:

@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from amsr.images import read_rgb8, save_png
+from amsr.io.images import read_rgb8, save_png
 from tests.conftest import load_script, weight_file
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,11 @@ import torch
 
 from amsr.cli.finetune import main
 from amsr.errors import AmsrError, InputImageError
-from amsr.finetune import FinetuneSpec, TrainingSet, finetune, save_finetuned, state_path_for, trainable
-from amsr.images import list_images
-from amsr.operating_point import calibration_sample
-from amsr.images import read_rgb8, save_png, to_tensor
-from amsr.mask import MaskConfig
+from amsr.io.images import list_images, read_rgb8, save_png, to_tensor
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
+from amsr.tools.calibrate import calibration_sample
+from amsr.tools.finetune import FinetuneSpec, TrainingSet, finetune, save_finetuned, state_path_for, trainable
 from amsr.weights import sha256_of
 from tests.conftest import weight_file
 

@@ -320,9 +320,9 @@ def _fake_export(calls: list[Path]):  # type: ignore[no-untyped-def]
 def test_bench_cache_key_names_weights_variant_settings_and_tile(weights_dir: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import amsr.export.onnx_export
-    from amsr.bench import build_variants, default_cache, export_variants
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
     from amsr.models import load_model
+    from amsr.tools.bench import build_variants, default_cache, export_variants
 
     calls: list[Path] = []
     monkeypatch.setattr(amsr.export.onnx_export, "export_onnx", _fake_export(calls))
@@ -359,10 +359,10 @@ def test_bench_cache_key_names_weights_variant_settings_and_tile(weights_dir: Pa
 def test_bench_cache_reexports_a_damaged_entry(weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     import amsr.export.onnx_export
-    from amsr.bench import build_variants, export_variants
-    from amsr.cache_key import sidecar_path
-    from amsr.mask import MaskConfig
+    from amsr.export.cache_key import sidecar_path
+    from amsr.masking.mask import MaskConfig
     from amsr.models import load_model
+    from amsr.tools.bench import build_variants, export_variants
 
     calls: list[Path] = []
     monkeypatch.setattr(amsr.export.onnx_export, "export_onnx", _fake_export(calls))
@@ -383,7 +383,7 @@ def test_bench_cache_reexports_a_damaged_entry(weights_dir: Path, tmp_path: Path
         else:
             sidecar_path(files["amsr"]).write_text("{not json")
         caplog.clear()
-        with caplog.at_level("WARNING", logger="amsr.cache_key"):
+        with caplog.at_level("WARNING", logger="amsr.export.cache_key"):
             export_variants(m, cfg, 8, tmp_path, v)
         assert files["amsr"].read_bytes() == good, damage
         assert [r.message for r in caplog.records if "exporting it again" in r.message], damage
@@ -395,7 +395,7 @@ def test_truncated_cached_upscaler_export_is_rebuilt_and_correct(fsrcnn_x2_onnx:
     """The reproduction of issue #14: a truncated cached .onnx made every later run fail with a traceback."""
     import shutil
 
-    from amsr.cache_key import sidecar_path
+    from amsr.export.cache_key import sidecar_path
     from amsr.runtime.upscaler import Upscaler
 
     w = weight_file(weights_dir, "fsrcnn_y_x2.pth")

@@ -18,9 +18,9 @@ from amsr import models, surgery
 from amsr.cli import eval as eval_cli
 from amsr.cli.common import mask_config_from
 from amsr.errors import AmsrError, InputImageError
-from amsr.imageio import DEFAULT_MAX_PIXELS, check_image_size, pixel_limit, read_image, write_png
-from amsr.images import read_rgb8
-from amsr.mask import MaskConfig, MaskGenerator, compute_mask, require_finite
+from amsr.io.images import read_rgb8
+from amsr.io.user_images import DEFAULT_MAX_PIXELS, check_image_size, pixel_limit, read_image, write_png
+from amsr.masking.mask import MaskConfig, MaskGenerator, compute_mask, require_finite
 from amsr.models import LoadedModel
 from amsr.operating_point import config_from_json, load_operating_point
 from amsr.surgery import accelerate, match_modules

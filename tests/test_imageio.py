@@ -1,4 +1,4 @@
-"""amsr/imageio.py: formats, modes, 16-bit PNG both ways, EXIF orientation, atomic writes, typed errors."""
+"""amsr/io/user_images.py: formats, modes, 16-bit PNG both ways, EXIF orientation, atomic writes, typed errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from amsr.errors import BackendUnavailableError, InputImageError
-from amsr.imageio import apply_orientation, find_images, read_image, write_png
+from amsr.io.user_images import apply_orientation, find_images, read_image, write_png
 
 cv2 = pytest.importorskip("cv2", reason="16-bit PNG support needs opencv-python-headless (pip install 'amsr[png16]')")
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from amsr.errors import InputImageError
-from amsr.images import read_rgb8, save_png, to_tensor, to_uint8
-from amsr.metrics import psnr_y, rgb_to_y, ssim_y
+from amsr.io.images import read_rgb8, save_png, to_tensor, to_uint8
+from amsr.io.metrics import psnr_y, rgb_to_y, ssim_y
 
 
 def _rgb(h: int = 16, w: int = 20) -> np.ndarray:
@@ -68,3 +68,19 @@ def test_metrics_reference_values() -> None:
     assert psnr_y(other, img, 2) == pytest.approx(expected)
     assert rgb_to_y(np.zeros((1, 1, 3), np.uint8))[0, 0] == pytest.approx(16.0)
     assert rgb_to_y(np.full((1, 1, 3), 255, np.uint8))[0, 0] == pytest.approx(235.0)
+
+
+def test_one_image_lister_for_benchmarks_and_upscale(tmp_path: Path) -> None:
+    """``list_images`` is the one lister: hidden files never count, suffixes match in any case; the upscaler
+    lists only what its reader decodes (no TIFF), the benchmark reader its own suffixes (TIFF too)."""
+    from amsr.io.listing import list_images
+    from amsr.io.user_images import INPUT_SUFFIXES, find_images
+
+    for name in ("a.png", "B.JPG", "c.tif", "._a.png", ".hidden.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.png").write_bytes(b"x")
+    assert [p.name for p in list_images(tmp_path)] == ["B.JPG", "a.png", "c.tif"]
+    assert [p.name for p in list_images(tmp_path, recursive=True)] == ["B.JPG", "a.png", "c.tif", "d.png"]
+    assert [p.name for p in list_images(tmp_path, suffixes=INPUT_SUFFIXES)] == ["B.JPG", "a.png"]
+    assert [p.name for p in find_images([tmp_path])[0]] == ["B.JPG", "a.png"]

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from amsr.images import list_images, read_rgb8, to_tensor
-from amsr.mask import (MaskConfig, MaskGenerator, dilate, gaussian_kernel, high_frequency_map,
-                       kmeans2_mask_sklearn)
+from amsr.io.images import list_images, read_rgb8, to_tensor
+from amsr.masking.mask import (
+    MaskConfig,
+    MaskGenerator,
+    dilate,
+    gaussian_kernel,
+    high_frequency_map,
+    kmeans2_mask_sklearn,
+)
 
 
 def _lr_images(data_dir: Path) -> list[Path]:
@@ -111,7 +117,7 @@ def test_mask_generator_copies_and_pickles_without_sharing_graphs() -> None:
 
 
 def test_cpu_input_never_takes_the_graph_path() -> None:
-    from amsr.cuda_graphs import can_replay
+    from amsr.masking.cuda_graphs import can_replay
 
     assert not can_replay(torch.zeros(1, 3, 4, 4))
 

@@ -1,4 +1,4 @@
-"""The Triton 2-means of the mask (amsr.mask_triton) against the torch version, run on the CPU by Triton's
+"""The Triton 2-means of the mask (amsr.masking.kmeans_triton) against the torch version, run on the CPU by Triton's
 interpreter (TRITON_INTERPRET=1, read when the kernel is decorated: a fresh interpreter per check)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 _CHECK = """
 import sys
 import torch
-from amsr.images import read_rgb8, to_tensor
-from amsr.mask import gaussian_kernel, high_frequency_map, kmeans2_threshold
-from amsr.mask_triton import kmeans2_threshold_triton
+from amsr.io.images import read_rgb8, to_tensor
+from amsr.masking.mask import gaussian_kernel, high_frequency_map, kmeans2_threshold
+from amsr.masking.kmeans_triton import kmeans2_threshold_triton
 
 g = torch.Generator().manual_seed(0)
 rows = torch.rand(4, 3001, generator=g) ** 3  # P not a multiple of the block
@@ -52,7 +52,7 @@ def test_bad_shapes_are_refused() -> None:
     pytest.importorskip("triton", reason="needs triton")
     import torch
 
-    from amsr.mask_triton import kmeans2_threshold_triton
+    from amsr.masking.kmeans_triton import kmeans2_threshold_triton
 
     with pytest.raises(ValueError, match="N×P"):
         kmeans2_threshold_triton(torch.zeros(3), 5)

@@ -15,7 +15,7 @@ from torch import nn
 from amsr import operating_point as op_mod
 from amsr.cli import eval as eval_cli
 from amsr.errors import AmsrError
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel
 from amsr.operating_point import (
     budget_key,
@@ -182,7 +182,7 @@ def test_eval_file_named_default_is_still_a_file(tmp_path: Path, monkeypatch: py
 def _grid_pairs(arch_name: str) -> list[tuple[int, int | None, float]]:
     from types import SimpleNamespace
 
-    from amsr.operating_point import default_grid
+    from amsr.tools.calibrate import default_grid
 
     model = SimpleNamespace(arch=get_architecture(arch_name))  # default_grid reads the descriptor only
     return [(c.dilation, c.output_dilation, c.window_threshold) for c in default_grid(model)]

@@ -13,12 +13,13 @@ from torch import nn
 from amsr.cli import calibrate as calibrate_cli
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
-from amsr.images import to_tensor, to_uint8
-from amsr.mask import MaskConfig
-from amsr.metrics import psnr_y
+from amsr.io.images import to_tensor, to_uint8
+from amsr.io.metrics import psnr_y
+from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel
-from amsr.operating_point import GridPoint, choose_operating_point, pick, score_grid
+from amsr.operating_point import GridPoint, pick
 from amsr.surgery import accelerate
+from amsr.tools.calibrate import choose_operating_point, score_grid
 from amsr.zoo.descriptor import Architecture, SparseRules
 
 SCALE = 2
@@ -155,7 +156,7 @@ def test_choose_on_a_tiny_real_case():
     for _ in range(2):
         hr = np.full((48, 48, 3), 128, np.uint8)
         hr[10:30, 12:36] = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-        from amsr.operating_point import make_lr
+        from amsr.tools.calibrate import make_lr
         pairs.append(make_lr(hr, SCALE))
     grid = [MaskConfig(dilation=d, output_dilation=o) for d in (1, 3) for o in (None, 0, 1) if o is None or o <= d]
     points = score_grid(model, pairs, grid)

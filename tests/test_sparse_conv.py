@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.images import read_rgb8, to_tensor
+from amsr.io.images import read_rgb8, to_tensor
 from amsr.models import load_model
-from amsr.sparse_conv import MaskContext, MaskedConv2d, check_maskable_conv
+from amsr.sparse.pixel import MaskContext, MaskedConv2d, check_maskable_conv
 from amsr.surgery import match_modules
 
 

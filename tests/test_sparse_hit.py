@@ -14,11 +14,11 @@ from torch import nn
 
 from amsr.cost import run_counting_macs
 from amsr.errors import UnsupportedModelError
-from amsr.mask import MaskConfig, compute_mask
+from amsr.masking.mask import MaskConfig, compute_mask
 from amsr.models import load_model
-from amsr.sparse_conv import MaskContext
-from amsr.sparse_hit import MaskedHiTBlock, select_hit_windows
-from amsr.sparse_window import MaskedWindowLayer
+from amsr.sparse.hit import MaskedHiTBlock, select_hit_windows
+from amsr.sparse.pixel import MaskContext
+from amsr.sparse.window import MaskedWindowLayer
 from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock, HiTSRF
 from tests.conftest import weight_file
 
@@ -279,7 +279,7 @@ def _wrapped(net: HiTSRF, ctx: MaskContext, threshold: float, mode: str) -> HiTS
 
 def test_real_checkpoint_sparse_equals_dense_and_every_window_equals_the_network(weights_dir: Path,
                                                                                  data_dir: Path) -> None:
-    from amsr.images import read_rgb8, to_tensor
+    from amsr.io.images import read_rgb8, to_tensor
 
     model = load_model("hit_srf", 4, weights=weight_file(weights_dir, "hit_srf_x4.pth"))
     net = model.net

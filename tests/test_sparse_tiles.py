@@ -1,4 +1,4 @@
-"""Tile-level masked convs (amsr.sparse_tiles): exact against MaskedConv2d under the tile-upsampled mask."""
+"""Tile-level masked convs (amsr.sparse.tiles): exact against MaskedConv2d under the tile-upsampled mask."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.images import read_rgb8, to_tensor
+from amsr.io.images import read_rgb8, to_tensor
 from amsr.models import load_model
-from amsr.sparse_conv import MaskContext, MaskedConv2d
-from amsr.sparse_tiles import (
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.tiles import (
     TileMaskedConv2d,
     active_tile_fraction,
     tile_mask,
@@ -107,10 +107,12 @@ def test_exported_tile_graph_matches_torch_at_odd_sizes(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     import onnx
     import onnxruntime as ort
+
     from amsr.export.onnx_export import export_onnx
+    from amsr.runtime.export_check import onnxruntime_check
 
     tiled = to_tiles(accelerate(_tiny_net(), ["2", "4"]).eval(), 8)
-    path = export_onnx(tiled, tmp_path / "tile.onnx", sample_size=(24, 24))  # verified at 24×24 and 17×23
+    path = export_onnx(tiled, tmp_path / "tile.onnx", sample_size=(24, 24), verify=onnxruntime_check)  # verified at 24×24 and 17×23
     graph = onnx.load(str(path)).graph
     ops = {n.op_type for n in graph.node}
     assert {"NonZero", "Gather", "Conv", "ScatterND"} <= ops

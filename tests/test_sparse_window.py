@@ -12,10 +12,10 @@ from torch import nn
 from amsr.cli.common import add_mask_args, mask_config_from
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError, UnsupportedModelError
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, load_model, unwrap_accelerated
-from amsr.sparse_conv import MaskContext, MaskedConv2d
-from amsr.sparse_window import MaskedSwinBlock, select_windows, window_token_index
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.window import MaskedSwinBlock, select_windows, window_token_index
 from amsr.surgery import AcceleratedSR, accelerate
 from amsr.zoo import imdtn, swinir
 from amsr.zoo.descriptor import SparseRules
@@ -299,7 +299,7 @@ def test_any_input_size_end_to_end(arch: str, lr_size: tuple[int, int]) -> None:
 
 
 def test_real_imdtn_every_window_equals_dense(weights_dir: Path, data_dir: Path) -> None:
-    from amsr.images import read_rgb8, to_tensor
+    from amsr.io.images import read_rgb8, to_tensor
 
     model = load_model("imdtn", 4, weights=weight_file(weights_dir, "imdtn_x4.pth"))
     x = to_tensor(read_rgb8(data_dir / "Set5" / "x4" / "LR" / "img_003.png"))[..., 20:80, 10:82]  # 60×72

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from amsr.cost import run_counting_macs
-from amsr.mask import MaskConfig
+from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, load_model, unwrap_accelerated
-from amsr.sparse_conv import MaskContext
-from amsr.sparse_window import MaskedSwinBlock
+from amsr.sparse.pixel import MaskContext
+from amsr.sparse.window import MaskedSwinBlock
 from amsr.surgery import accelerate
 from amsr.zoo import get_architecture
 from amsr.zoo.ngswin_arch import NSTB, NGswin
@@ -139,7 +139,7 @@ def test_accelerate_wraps_only_the_lr_resolution_blocks() -> None:
 
 
 def test_real_ngswin_sparse_equals_dense_mode(weights_dir: Path, data_dir: Path) -> None:
-    from amsr.images import read_rgb8, to_tensor
+    from amsr.io.images import read_rgb8, to_tensor
 
     model = load_model("ngswin", 2, weights=weight_file(weights_dir, "ngswin_x2.pth"))
     x = to_tensor(read_rgb8(data_dir / "Set5" / "x2" / "LR" / "img_003.png"))[..., 10:74, 20:84]  # 64×64

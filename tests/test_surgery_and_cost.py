@@ -10,10 +10,10 @@ from torch import nn
 
 from amsr.cost import run_counting_macs
 from amsr.errors import UnsupportedModelError
-from amsr.images import read_rgb8, to_tensor
-from amsr.mask import MaskConfig
+from amsr.io.images import read_rgb8, to_tensor
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
-from amsr.sparse_conv import MaskedConv2d
+from amsr.sparse.pixel import MaskedConv2d
 from amsr.surgery import accelerate, find_identity_convs
 
 

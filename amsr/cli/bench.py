@@ -22,8 +22,8 @@ from amsr.cli.common import (
 from amsr.errors import AmsrError
 
 # Light copies for the parser (tests/cli/test_help.py checks them against the originals).
-STRATEGIES = ("auto", "pixel", "tile", "rows")  # amsr.bench.STRATEGIES
-DEFAULT_TILE = 16  # amsr.sparse_tiles.DEFAULT_TILE
+STRATEGIES = ("auto", "pixel", "tile", "rows")  # amsr.tools.bench.STRATEGIES
+DEFAULT_TILE = 16  # amsr.sparse.tiles.DEFAULT_TILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """``--json`` and the export cache (onnxruntime backend) must be writable before anything is measured."""
-    from amsr.bench import default_cache
     from amsr.files import check_writable, check_writable_dir
+    from amsr.tools.bench import default_cache
 
     if args.json:
         check_writable(args.json, "--json")
@@ -102,7 +102,7 @@ def _progress_bar(disable: bool) -> tuple[Callable[[str, int, int], None], Calla
 
 
 def _run(args: argparse.Namespace) -> int:
-    from amsr.bench import run_bench
+    from amsr.tools.bench import run_bench
 
     _check_outputs(args)
     config, source = config_and_source(args)

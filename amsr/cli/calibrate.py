@@ -2,7 +2,7 @@
 compute-saving one whose mean Y-PSNR loss stays within the budget (an operating point for --operating-point
 FILE of amsr-eval, amsr-export, amsr-upscale and amsr-bench). LR images are made by torch bicubic downscale
 with antialias (not MATLAB imresize); use images like those you will upscale, never the test set you report.
-Settings measured: amsr.operating_point.default_grid. Defaults calibrated on T91+BSD200 ship with amsr for
+Settings measured: amsr.tools.calibrate.default_grid. Defaults calibrated on T91+BSD200 ship with amsr for
 CARN-M, IMDN and PAN (x2–x4) and IMDTN (x4): --operating-point default[:DB]."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> OperatingPoint:
     if args.max_images is not None and args.max_images < 1:
         raise AmsrError(f"--max-images must be ≥ 1, got {args.max_images}")
-    from amsr.operating_point import choose_operating_point, load_calibration
+    from amsr.tools.calibrate import choose_operating_point, load_calibration
 
     pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)

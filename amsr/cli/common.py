@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from amsr.errors import AmsrError, did_you_mean
 
 if TYPE_CHECKING:
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel
 
 log = logging.getLogger("amsr.cli")
@@ -26,7 +26,7 @@ log = logging.getLogger("amsr.cli")
 # Light copies of values that live in modules importing torch, for the parsers and --help;
 # tests/cli/test_help.py checks that they equal the originals.
 MODEL_NAMES = ("carn", "carn_m", "imdn", "pan", "fsrcnn", "imdtn", "hit_srf", "swinir", "ngswin")  # amsr.zoo
-MASK_DEFAULTS = {"dilation": 1, "blur_size": 5, "blur_sigma": 1.5, "window_threshold": 0.5}  # amsr.mask.MaskConfig
+MASK_DEFAULTS = {"dilation": 1, "blur_size": 5, "blur_sigma": 1.5, "window_threshold": 0.5}  # amsr.masking.mask.MaskConfig
 DEFAULT_BUDGET_DB = 0.05  # amsr.operating_point.DEFAULT_BUDGET_DB
 
 # The epilog of every tool's --help, pre-wrapped (the tools print it with RawDescriptionHelpFormatter).
@@ -116,7 +116,7 @@ def mask_options_given(args: argparse.Namespace) -> list[str]:
 
 def mask_config_from(args: argparse.Namespace) -> MaskConfig:
     """The mask options as a ``MaskConfig`` (``MaskConfig``'s defaults for those not given)."""
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
 
     given = {k: getattr(args, k) for k in _MASK_OPTIONS if getattr(args, k, None) is not None}
     try:
@@ -163,7 +163,7 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
             log.warning("warning: %s", RAW_SKIP_WARNING)
         return config, None
     if getattr(args, "model", None) is None:
-        from amsr.mask import MaskConfig
+        from amsr.masking.mask import MaskConfig
 
         return MaskConfig(), None
     from amsr.operating_point import shipped_default_or_dense

@@ -26,8 +26,8 @@ from amsr.errors import AmsrError
 if TYPE_CHECKING:
     import torch
 
-    from amsr.evaluate import EvalReport, ImagePair
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
+    from amsr.tools.evaluate import EvalReport, ImagePair
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +112,10 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from amsr import paths
-    from amsr.evaluate import evaluate, find_pairs
     from amsr.files import check_writable
     from amsr.models import unwrap_accelerated
     from amsr.operating_point import parse_budget
+    from amsr.tools.evaluate import evaluate, find_pairs
 
     if args.json:  # before the evaluation, so that its results are never computed for nowhere
         check_writable(args.json, "--json")

@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from amsr.export.metadata import add_metadata, read_metadata
-    from amsr.export.passes import export_mask_only
+    from amsr.export.onnx_export import export_mask_only
     from amsr.export.plugin_export import export_with_sparse_impl
-    from amsr.mask import MaskConfig
+    from amsr.runtime.export_check import onnxruntime_check
+    from amsr.masking.mask import MaskConfig
     from amsr.weights import sha256_of
 
     _check_outputs(args)
@@ -86,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         module = model.dense() if config is None else model.accelerated(config)
         with check.listening():
             export_with_sparse_impl(module, onnx_path, sparse_impl=args.sparse_impl, opset=args.opset,
-                                    verify=not args.no_verify)
+                                    verify=None if args.no_verify else onnxruntime_check)
         verified = check.describe(args.no_verify, args.sparse_impl, masked=config is not None)
     add_metadata(onnx_path, {"amsr.model": args.model, "amsr.variant": model.variant,
                              "amsr.weights_sha256": sha256_of(model.weights)})

@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from amsr.files import check_writable
-    from amsr.finetune import FinetuneSpec, finetune, record_path_for, remove_state, save_finetuned
+    from amsr.tools.finetune import FinetuneSpec, finetune, record_path_for, remove_state, save_finetuned
 
     if not mask_options_given(args):
         raise UsageError("give the mask to train under, e.g. --dilation 1 (and --output-dilation D_OUT for a blend)")

@@ -93,9 +93,9 @@ def _model(args: argparse.Namespace, meta: dict[str, str]) -> LoadedModel:
 
 def _engine_parity(reference: nn.Module, args: argparse.Namespace) -> ParityResult:
     """The engine against the PyTorch golden outputs on the LR/HR images of ``--data``."""
-    from amsr.evaluate import find_pairs
-    from amsr.images import read_rgb8, to_tensor
+    from amsr.io.images import read_rgb8, to_tensor
     from amsr.runtime.trt_parity import compare_engine_with_torch
+    from amsr.tools.evaluate import find_pairs
 
     pairs = find_pairs(args.data)
     return compare_engine_with_torch(reference, args.trt, [to_tensor(read_rgb8(p.lr)).numpy() for p in pairs],
@@ -105,6 +105,7 @@ def _engine_parity(reference: nn.Module, args: argparse.Namespace) -> ParityResu
 
 def _run(args: argparse.Namespace) -> int:
     from amsr.export.metadata import read_metadata
+    from amsr.runtime.onnxrt import parse_providers
     from amsr.runtime.parity import check_parity_on_set
 
     _check_outputs(args)
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         result = _engine_parity(reference, args)
     else:
         result = check_parity_on_set(reference, args.onnx, args.data, atol=args.atol, psnr_tol=args.psnr_tol,
-                                     providers=_providers(args))
+                                     providers=parse_providers(args.providers))
     for row in result.rows:
         print(f"  {row.name}: max|Δ| {row.max_abs_diff:.2e}, mask mismatches {row.mask_mismatch_pixels}"
               + (f", ΔPSNR {row.psnr_diff:.2e} dB" if row.psnr_diff is not None else ""))
@@ -140,8 +141,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
     """``--fidelity``: the graph tiled as amsr-upscale runs it, against the dense model (runtime/fidelity.py)."""
-    from amsr.images import lr_images
+    from amsr.io.images import lr_images
     from amsr.runtime.fidelity import BLOCK, FidelityThresholds, check_fidelity, fidelity_line, fidelity_report
+    from amsr.runtime.onnxrt import parse_providers
 
     kind = meta.get("amsr.kind", "dense")
     if kind not in ("dense", "accelerated"):
@@ -151,7 +153,7 @@ def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
     thresholds = FidelityThresholds()
     rows = []
     for r in check_fidelity(args.onnx, images, model.dense(), tile=args.tile, threads=args.threads,
-                            providers=_providers(args), sheets=args.sheets):
+                            providers=parse_providers(args.providers), sheets=args.sheets):
         print(f"  {fidelity_line(r, thresholds)}", flush=True)
         rows.append(r)
     report = fidelity_report(rows, thresholds)
@@ -163,10 +165,6 @@ def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
         write_json(args.json, {"onnx": str(args.onnx), "model": model.arch.id, "scale": model.scale,
                                "kind": kind, "tile": args.tile, **report})
     return 0 if report["passed"] else 1
-
-
-def _providers(args: argparse.Namespace) -> str | list[str] | None:
-    return args.providers.split(",") if args.providers and args.providers != "auto" else args.providers
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -194,7 +192,7 @@ def _check_data_scale(args: argparse.Namespace, meta: dict[str, str]) -> None:
     from PIL import Image
 
     from amsr.export.metadata import int_field
-    from amsr.images import list_images
+    from amsr.io.images import list_images
 
     scale = args.scale or int_field(meta, "amsr.scale", str(args.onnx))
     lr_dir, hr_dir = Path(args.data) / "LR", Path(args.data) / "HR"

@@ -130,15 +130,6 @@ def _mask_args_changed(args: argparse.Namespace) -> bool:
     return args.operating_point is not None or bool(mask_options_given(args))
 
 
-def _providers(spec: str) -> str | tuple[str, ...] | None:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if names == ["cpu"]:
-        return None
-    if names == ["auto"]:
-        return "auto"
-    return tuple(names)
-
-
 def _onnx_path(args: argparse.Namespace) -> Path:
     if args.onnx is not None:
         if not args.onnx.is_file():
@@ -186,7 +177,7 @@ def _run_summary(args: argparse.Namespace, onnx: Path, options: RunOptions, scor
     if read_metadata(onnx).get("amsr.kind") == "accelerated":
         how += ", a mask per tile" if options.per_tile_mask and options.tile is not None else ", one mask per image"
     if options.dense_graph is not None:
-        from amsr.rows import DENSE_ABOVE_DENSITY
+        from amsr.sparse.rows import DENSE_ABOVE_DENSITY
 
         how += f", the dense graph for images of mask density > {DENSE_ABOVE_DENSITY:g}"
     if args.onnx is None:
@@ -251,7 +242,7 @@ def _run_local(jobs: Sequence[Job], onnx: Path, options: RunOptions, workers: in
 def _comparer(args: argparse.Namespace, scores: list[float]) -> Callable[[JobResult], str]:
     """``--compare``: a function that scores one written output against the dense network of the same model,
     writes its contact sheet (atomically), appends its PSNR to ``scores`` and returns its report line."""
-    from amsr.imageio import read_image, write_png
+    from amsr.io.user_images import read_image, write_png
     from amsr.runtime.fidelity import BLOCK, compare_with_dense
 
     if args.model is not None:
@@ -289,10 +280,11 @@ def _compare_one(compare: Callable[[JobResult], str], job: JobResult) -> tuple[s
 
 def _run(args: argparse.Namespace) -> int:
     from amsr.runtime.jobs import plan_jobs
+    from amsr.runtime.onnxrt import parse_providers
     from amsr.runtime.upscaler import RunOptions
 
     plan = plan_jobs(args.inputs, args.out, overwrite=args.overwrite)
-    options = RunOptions(providers=_providers(args.providers), threads=args.threads, tile=args.tile or None,
+    options = RunOptions(providers=parse_providers(args.providers), threads=args.threads, tile=args.tile or None,
                          overlap=args.overlap, per_tile_mask=args.per_tile_mask)
     failed = list(plan.failed)
     for r in failed:

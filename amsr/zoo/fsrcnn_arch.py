@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ITU-R BT.601 studio swing on [0, 1] values (MATLAB rgb2ycbcr / amsr.metrics.rgb_to_y divided by 255).
+# ITU-R BT.601 studio swing on [0, 1] values (MATLAB rgb2ycbcr / amsr.io.metrics.rgb_to_y divided by 255).
 _RGB_TO_YCBCR = (
     (65.481, 128.553, 24.966),
     (-37.797, -74.203, 112.0),

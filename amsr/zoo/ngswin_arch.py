@@ -37,8 +37,14 @@ from torch import Tensor, nn
 from amsr.errors import CheckpointError
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import pad_input
-from amsr.zoo.swinir_arch import (Mlp, relative_position_bias, relative_position_index, shifted_window_mask,
-                                   window_partition, window_reverse)
+from amsr.zoo.swinir_arch import (
+    Mlp,
+    relative_position_bias,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 
 # Normalisation constants of the official model (DIV2K statistics; std differs per scale).
 IMG_MEAN = (0.4485, 0.4375, 0.4045)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from amsr.bench import summarise_profile
 from amsr.cli.bench import main
-from amsr.images import read_rgb8, save_png
+from amsr.io.images import read_rgb8, save_png
+from amsr.tools.bench import summarise_profile
 from tests.conftest import weight_file
 
 
@@ -118,7 +118,7 @@ def test_dense_tail_is_reported_and_counted_in_full(tmp_path: Path, data_dir: Pa
 
 
 def test_auto_break_even_per_model_and_device() -> None:
-    from amsr.bench import BREAK_EVEN, DEFAULT_BREAK_EVEN, default_break_even
+    from amsr.tools.bench import BREAK_EVEN, DEFAULT_BREAK_EVEN, default_break_even
 
     assert default_break_even("carn_m", "cpu") == BREAK_EVEN["carn_m"]
     assert default_break_even("pan", "cpu") < 0  # measured: its tiles lost on every Photos2K image

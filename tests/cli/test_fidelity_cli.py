@@ -27,7 +27,7 @@ CROP = "img_012_crop.png"
 
 
 def _photo_crop(data_dir: Path, folder: Path, rows: slice, cols: slice) -> Path:
-    from amsr.images import read_rgb8, save_png
+    from amsr.io.images import read_rgb8, save_png
 
     src = data_dir / "Photos2K" / "x4" / "LR" / "img_012.png"
     if not src.is_file():
@@ -115,7 +115,7 @@ def test_upscale_compare_writes_a_contact_sheet(blend_graph: Path, photo_dir: Pa
 
 
 def _tiny_png(tmp_path: Path) -> Path:
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     return write_png(tmp_path / "a.png", np.zeros((12, 14, 3), np.uint8))
 

@@ -122,7 +122,7 @@ def test_upscale_out_on_an_existing_file_is_refused_before_any_image(tmp_path: P
     pytest.importorskip("onnxruntime")
     import amsr.runtime.upscaler
     from amsr.cli.upscale import main
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     write_png(tmp_path / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
     (tmp_path / "out.png").write_bytes(b"an existing file")
@@ -146,7 +146,7 @@ def test_upscale_refuses_foreign_onnx_in_one_line(kind: str, tmp_path: Path,
     import re
 
     from amsr.cli.upscale import main
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     write_png(tmp_path / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
     onnx_file = bad_onnx_files(tmp_path / "bad")[kind]
@@ -175,7 +175,7 @@ def test_eval_refuses_non_numeric_scale_metadata(tmp_path: Path, capsys: pytest.
 
     (tmp_path / "HR").mkdir()
     (tmp_path / "LR").mkdir()
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     for sub in ("HR", "LR"):
         write_png(tmp_path / sub / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
@@ -254,7 +254,7 @@ def test_upscale_model_with_an_unwritable_cache_is_one_line(weights_dir: Path, b
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Read-only ``$AMSR_CACHE_DIR`` (here: below a file): refused before the model is loaded and exported."""
     from amsr.cli.upscale import main
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     write_png(tmp_path / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
     monkeypatch.setenv("AMSR_CACHE_DIR", str(blocked["under_file"]))

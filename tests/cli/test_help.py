@@ -66,10 +66,12 @@ def test_help_states_defaults_and_examples(parser: argparse.ArgumentParser) -> N
 
 def test_light_copies_match_the_originals() -> None:
     """The parsers use copies of values from modules that import torch; they must not drift."""
-    from amsr import bench, operating_point, sparse_tiles
+    from amsr import operating_point
+    from amsr.sparse import tiles as sparse_tiles
+    from amsr.tools import bench
     from amsr.cli import bench as bench_cli
     from amsr.cli import common
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
     from amsr.zoo import architecture_names
 
     assert list(common.MODEL_NAMES) == architecture_names()
@@ -219,7 +221,7 @@ def test_upscaler_reports_progress_per_tile(fsrcnn_x2_onnx: Path) -> None:
 def test_upscale_bar_advances_per_tile(fsrcnn_x2_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     from amsr.cli import upscale
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     seen: list[float] = []
     tiles_of = upscale._Progress.tiles_of
@@ -244,10 +246,10 @@ def test_upscale_bar_advances_per_tile(fsrcnn_x2_onnx: Path, tmp_path: Path, mon
 
 
 def test_bench_reports_progress_per_image(tmp_path: Path, data_dir: Path, weights_dir: Path) -> None:
-    from amsr.bench import run_bench
-    from amsr.images import read_rgb8, save_png
+    from amsr.io.images import read_rgb8, save_png
     from amsr.models import load_model
     from amsr.operating_point import default_operating_point
+    from amsr.tools.bench import run_bench
     from tests.conftest import weight_file
 
     lr = tmp_path / "LR"

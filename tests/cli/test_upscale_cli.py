@@ -16,7 +16,7 @@ pytest.importorskip("cv2", reason="16-bit PNG support needs opencv-python-headle
 
 def _inputs(folder: Path) -> list[Path]:
     """Three good images (8-bit RGB, RGBA, 16-bit RGB) and a corrupt one, in ``folder``."""
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def test_corrupt_file_among_good_ones(tmp_path: Path, fsrcnn_x2_onnx: Path, caps
         assert b.size == (20, 24) and b.mode == "RGBA"
     c = Image.open(out / "c.png")
     assert c.size == (24, 20)
-    from amsr.imageio import read_image
+    from amsr.io.user_images import read_image
 
     assert read_image(out / "c.png").dtype == np.uint16
 

@@ -20,19 +20,19 @@ pytest.importorskip("polygraphy", reason="parity checks need polygraphy (pip ins
 
 from amsr.errors import ExportError
 from amsr.export.exportable import prepare_for_export
-from amsr.export.onnx_export import export_onnx
+from amsr.export.onnx_export import export_mask_only, export_onnx
 from amsr.export.passes import (
     downgrade_to_opset17,
-    export_mask_only,
     expose_mask_output,
     name_mask_subgraph,
 )
-from amsr.images import list_images, read_rgb8, to_tensor
-from amsr.mask import MaskConfig, compute_mask
+from amsr.io.images import list_images, read_rgb8, to_tensor
+from amsr.masking.mask import MaskConfig, compute_mask
 from amsr.models import unwrap_accelerated
+from amsr.runtime.export_check import onnxruntime_check
 from amsr.runtime.onnxrt import OrtUpscaler
 from amsr.runtime.parity import compare_with_torch
-from amsr.sparse_conv import MaskedConv2d
+from amsr.sparse.pixel import MaskedConv2d
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
 from tests.conftest import weight_file
@@ -121,7 +121,7 @@ def test_accelerated_matches_torch_and_masks_are_identical_at_odd_sizes(carn_wei
 
 
 def test_default_operating_point_with_output_blend_exports_and_matches_torch(carn_weights: Path) -> None:
-    """The shipped default (output blend) exports as CARN-M's row program (``amsr.rows``: body and tail computed
+    """The shipped default (output blend) exports as CARN-M's row program (``amsr.sparse.rows``: body and tail computed
     only where a kept SR pixel needs them), equal to PyTorch, and both masks come from one mask stage."""
     from amsr.operating_point import default_operating_point
 
@@ -203,7 +203,7 @@ def test_padding_stays_dynamic_for_sizes_the_sample_did_not_need(tmp_path: Path)
     # PaddedSR skips the pad when the size is already a multiple: traced naively at 64×64 the graph would
     # never pad, and 17×23 would come out wrong. export_onnx verifies at 17×23 itself; more sizes here.
     model = PaddedSR(_TinySR(), 2, SizeRequirements(multiple_of=8, pad_mode="reflect")).eval()
-    path = export_onnx(model, tmp_path / "tiny.onnx")
+    path = export_onnx(model, tmp_path / "tiny.onnx", verify=onnxruntime_check)
     meta = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert meta["amsr.min_input_size"] == "8"
     result = compare_with_torch(model, path, _random_inputs([(1, 9, 8), (2, 20, 31), (1, 64, 64)], seed=3))
@@ -216,7 +216,7 @@ def test_a_failing_verification_leaves_no_file(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr("amsr.export.onnx_export._verify", reject)
     with pytest.raises(ExportError, match="verification failed"):
-        export_onnx(PaddedSR(_TinySR(), 2, SizeRequirements()).eval(), tmp_path / "bad.onnx")
+        export_onnx(PaddedSR(_TinySR(), 2, SizeRequirements()).eval(), tmp_path / "bad.onnx", verify=onnxruntime_check)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -302,6 +302,12 @@ def test_export_caches_are_keyed_by_the_exporting_source(tmp_path: Path) -> None
     f.write_text("x = 2\n")
     assert source_hash([tmp_path / "pkg"], "torch=1") != before
     assert len(toolchain_hash()) == 8
+    # A harness or CLI (an excluded folder) changes no key: editing a help string keeps every cached graph.
+    (tmp_path / "pkg" / "cli").mkdir()
+    now = source_hash([tmp_path / "pkg"], "torch=1", exclude=[tmp_path / "pkg" / "cli"])
+    (tmp_path / "pkg" / "cli" / "tool.py").write_text("HELP = 'new words'\n")
+    assert source_hash([tmp_path / "pkg"], "torch=1", exclude=[tmp_path / "pkg" / "cli"]) == now
+    assert source_hash([tmp_path / "pkg"], "torch=1") != now
 
 
 def test_export_verifies_on_image_like_inputs(weights_dir: Path, tmp_path: Path) -> None:
@@ -319,4 +325,4 @@ def test_export_verifies_on_image_like_inputs(weights_dir: Path, tmp_path: Path)
     model = load_model("pan", 4, weights=weights).dense()
     with torch.no_grad():
         assert float(model(torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))).abs().max()) > 1e6
-    export_onnx(model, tmp_path / "pan.onnx")  # raised ExportError before
+    export_onnx(model, tmp_path / "pan.onnx", verify=onnxruntime_check)  # raised ExportError before

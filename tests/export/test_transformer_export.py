@@ -28,11 +28,10 @@ from amsr.export.exportable import (
     window_region_labels,
 )
 from amsr.export.passes import WINDOW_PREFIX
-from amsr.runtime.parity import check_parity, compare_with_torch
-
-from amsr.images import list_images
+from amsr.io.images import list_images
 from amsr.models import unwrap_accelerated
-from amsr.sparse_window import MaskedSwinBlock, window_token_index
+from amsr.runtime.parity import check_parity, compare_with_torch
+from amsr.sparse.window import MaskedSwinBlock, window_token_index
 from amsr.zoo.swinir_arch import shifted_window_mask
 from tests.conftest import weight_file
 from tests.onnx_exports import (

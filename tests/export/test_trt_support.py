@@ -11,10 +11,10 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="needs onnx (pip install 'amsr[onnx]')")
 pytest.importorskip("onnx_graphsurgeon", reason="needs onnx-graphsurgeon (pip install 'amsr[onnx]')")
 
-from amsr.export.trt_support import TRT_TABLE_VERSION, check_trt_support, require_trt_support
 from onnx import TensorProto, helper, numpy_helper
 
 from amsr.errors import ExportError
+from amsr.export.trt_support import TRT_TABLE_VERSION, check_trt_support, require_trt_support
 from tests.conftest import weight_file
 
 
@@ -35,7 +35,6 @@ def test_exported_carn_m_graphs_are_importable(kind: str, carn_weights: Path) ->
 
 def test_plugin_graph_is_importable(carn_weights: Path) -> None:
     from amsr.export.plugin_export import plugin_graph_from
-
     from tests.onnx_exports import exported
 
     model = plugin_graph_from(onnx.load(exported("accelerated", carn_weights)))

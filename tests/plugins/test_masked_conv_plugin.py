@@ -16,6 +16,10 @@ import torch
 onnx = pytest.importorskip("onnx", reason="needs onnx (pip install 'amsr[onnx]')")
 pytest.importorskip("onnx_graphsurgeon", reason="needs onnx-graphsurgeon (pip install 'amsr[onnx]')")
 
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+from amsr.errors import BackendUnavailableError, ExportError
 from amsr.plugins.masked_conv3x3 import (
     ONNX_DOMAIN,
     ONNX_OP_TYPE,
@@ -24,11 +28,7 @@ from amsr.plugins.masked_conv3x3 import (
     masked_conv3x3_numpy,
     masked_conv3x3_torch,
 )
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
-
-from amsr.errors import BackendUnavailableError, ExportError
-from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
 from tests.conftest import weight_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +163,6 @@ def carn_weights(weights_dir: Path) -> Path:
 def plugin_model(carn_weights: Path) -> onnx.ModelProto:
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install 'amsr[onnx]')")
     from amsr.export.plugin_export import plugin_graph_from
-
     from tests.onnx_exports import exported
 
     return plugin_graph_from(onnx.load(exported("accelerated", carn_weights)))
@@ -219,7 +218,6 @@ def test_plugin_graph_equals_gather_scatter_graph_and_pytorch(plugin_model: onnx
 def test_plugin_export_rejects_a_dense_graph(carn_weights: Path) -> None:
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install 'amsr[onnx]')")
     from amsr.export.plugin_export import plugin_graph_from
-
     from tests.onnx_exports import exported
 
     with pytest.raises(ExportError, match="mask"):
@@ -233,7 +231,6 @@ def test_export_with_sparse_impl_plugin_writes_the_plugin_graph(carn_weights: Pa
 
     from amsr.export import onnx_export
     from amsr.export.plugin_export import export_with_sparse_impl
-
     from tests.onnx_exports import carn_m_x4, exported
 
     cached = exported("accelerated", carn_weights)
@@ -254,6 +251,7 @@ def test_export_with_sparse_impl_rejects_unknown_impl(tmp_path: Path) -> None:
 def _has_gpu_and_trt_plugins() -> bool:
     try:
         import tensorrt.plugin  # noqa: F401
+
         from amsr.runtime.trt import gpu_name
 
         gpu_name()

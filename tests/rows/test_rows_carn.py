@@ -1,4 +1,4 @@
-"""Row execution of CARN / CARN-M (``amsr.rows``): the same SR output as the accelerated model it replaces,
+"""Row execution of CARN / CARN-M (``amsr.sparse.rows``): the same SR output as the accelerated model it replaces,
 a cost that follows the masks, and an exported graph onnxruntime runs."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.mask import MaskConfig
+from amsr.cost import run_counting_macs
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
-from amsr.rows import row_program
-from amsr.rows.carn import RowCARN
-from amsr.sparse_tail import TAIL_RULES
+from amsr.sparse.rows import row_program
+from amsr.sparse.rows.carn import RowCARN
+from amsr.sparse.tail import TAIL_RULES
 from amsr.surgery import accelerate
 from amsr.zoo import get_architecture
 from amsr.zoo.carn_arch import CARN
-from amsr.cost import run_counting_macs
 from tests.conftest import weight_file
 
 BLEND = MaskConfig(dilation=4, output_dilation=3)
@@ -86,7 +86,7 @@ def test_all_active_rows_cost_exactly_the_dense_network() -> None:
 
 def test_rows_on_a_photo_with_the_real_checkpoint(weights_dir: Path, data_dir: Path) -> None:
     """CARN-M x4 at its shipped default on a Photos2K crop: same output, and most of the compute skipped."""
-    from amsr.images import list_images, read_rgb8, to_tensor
+    from amsr.io.images import list_images, read_rgb8, to_tensor
     from amsr.operating_point import default_operating_point
 
     weight_file(weights_dir, "carn_m.pth")
@@ -120,9 +120,10 @@ def test_exported_rows_graph_matches_pytorch(tmp_path: Path) -> None:
 
     from amsr.export.onnx_export import export_onnx
     from amsr.export.passes import mask_as_input, mask_names
+    from amsr.runtime.export_check import onnxruntime_check
 
     acc = _accelerated(_random_carn(True, 2), "carn_m", 2)
-    out = export_onnx(acc, tmp_path / "rows.onnx")
+    out = export_onnx(acc, tmp_path / "rows.onnx", verify=onnxruntime_check)
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["amsr.execution"] == "rows"

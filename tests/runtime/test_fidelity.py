@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amsr.images import read_rgb8
+from amsr.io.images import read_rgb8
 from amsr.runtime.fidelity import (
     Block,
     FidelityThresholds,
@@ -64,7 +64,7 @@ def test_default_operating_point_tiled_equals_untiled_on_a_photo(blend_onnx: Pat
 def test_default_operating_point_tiled_is_faithful_to_dense(blend_onnx: Path, photo_crop: np.ndarray,
                                                             weights_dir: Path, tmp_path: Path) -> None:
     """The check ``amsr-parity --fidelity`` runs (``check_fidelity``), on a crop CI can afford."""
-    from amsr.images import save_png
+    from amsr.io.images import save_png
     from tests.onnx_exports import carn_m_x4
 
     lr = save_png(tmp_path / "crop.png", photo_crop)

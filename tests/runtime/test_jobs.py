@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from amsr.errors import AmsrError, InputImageError
-from amsr.imageio import write_png
+from amsr.io.user_images import write_png
 from amsr.runtime.jobs import Job, plan_jobs, run_job
 
 

@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("polygraphy", reason="the ONNX runtime helpers need polygraphy (pip install 'amsr[onnx]')")
 
 from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
-from amsr.images import read_rgb8, to_tensor, to_uint8
-from amsr.metrics import psnr_y
-from amsr.runtime.onnxrt import OrtUpscaler, import_onnxruntime, resolve_providers
+from amsr.io.images import read_rgb8, to_tensor, to_uint8
+from amsr.io.metrics import psnr_y
+from amsr.runtime.onnxrt import OrtUpscaler, import_onnxruntime, parse_providers, resolve_providers
 from amsr.runtime.tiling import tile_bounds
 from tests.conftest import weight_file
 
@@ -65,7 +65,7 @@ def test_tiled_dense_equals_untiled(carn_weights: Path, data_dir: Path) -> None:
 
 
 def test_tiled_accelerated_uses_the_whole_image_mask(carn_weights: Path, data_dir: Path) -> None:
-    from amsr.mask import compute_mask
+    from amsr.masking.mask import compute_mask
     from amsr.models import unwrap_accelerated
     from tests.onnx_exports import carn_m_x4
 
@@ -119,6 +119,10 @@ def test_provider_resolution() -> None:
     assert resolve_providers(["cuda", "cpu"], [CUDA, CPU]) == [CUDA, CPU]
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
         resolve_providers(["tensorrt"], [CPU])
+    # One command-line parser for amsr-upscale and amsr-parity: cpu and no spec mean the same (CPU only).
+    assert parse_providers(None) is None and parse_providers("cpu") is None and parse_providers(" CPU ") is None
+    assert parse_providers("auto") == "auto" and parse_providers("cuda, cpu") == ("cuda", "cpu")
+    assert resolve_providers(parse_providers("trt,cpu"), [TRT, CPU]) == [TRT, CPU]
 
 
 def test_missing_onnxruntime_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def ray_local() -> Any:
 
 
 def _inputs(folder: Path) -> None:
-    from amsr.imageio import write_png
+    from amsr.io.user_images import write_png
 
     rng = np.random.default_rng(1)
     folder.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amsr.images import read_rgb8
+from amsr.io.images import read_rgb8
 from amsr.runtime.tiling import run_tiled
 from amsr.runtime.upscaler import Upscaler, upscale_alpha, upscale_alpha_region
 from tests.runtime.test_fidelity import TILE, blend_onnx, photo_crop  # noqa: F401  (fixtures)

@@ -15,6 +15,9 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="needs onnx (pip install 'amsr[onnx]')")
 pytest.importorskip("polygraphy", reason="needs polygraphy (pip install 'amsr[onnx]')")
 
+from onnx import TensorProto, helper
+
+from amsr.errors import BackendUnavailableError, ExportError, UnsupportedModelError
 from amsr.runtime import trt as trt_mod
 from amsr.runtime.trt import (
     BuildConfig,
@@ -31,9 +34,6 @@ from amsr.runtime.trt import (
     sidecar_path,
 )
 from amsr.runtime.trt_parity import trt_tolerances
-from onnx import TensorProto, helper
-
-from amsr.errors import BackendUnavailableError, ExportError, UnsupportedModelError
 
 
 def _tiny_onnx(path: Path, min_size: int = 1, op: str = "Identity") -> Path:
@@ -205,7 +205,6 @@ def carn_weights(weights_dir: Path) -> Path:
 def test_engine_matches_pytorch(kind: str, fp16: bool, carn_weights: Path, tmp_path: Path) -> None:
     from amsr.runtime.trt import TrtUpscaler
     from amsr.runtime.trt_parity import compare_engine_with_torch
-
     from tests.onnx_exports import carn_m_x4, exported
 
     onnx_path = exported(kind, carn_weights)
@@ -224,9 +223,8 @@ def test_engine_matches_pytorch(kind: str, fp16: bool, carn_weights: Path, tmp_p
 
 def test_trt_upscaler_tiles_within_its_profile() -> None:
     """The tile loop (borrowed from OrtUpscaler) on a stand-in runner: every run fits the profile."""
-    from amsr.runtime.trt import TrtUpscaler
-
     from amsr.errors import InputImageError, UnsupportedModelError
+    from amsr.runtime.trt import TrtUpscaler
 
     seen = []
 

@@ -121,7 +121,7 @@ def test_concurrent_calls_match_sequential_ones(fsrcnn_x2_onnx: Path) -> None:
 def test_exif_rotated_jpeg_comes_out_rotated(up: Upscaler, tmp_path: Path) -> None:
     from PIL import Image
 
-    from amsr.imageio import read_image
+    from amsr.io.user_images import read_image
 
     stored = np.rint(_image(12, 20, seed=5) * 255).astype(np.uint8)  # landscape as stored
     im = Image.fromarray(stored)
@@ -137,7 +137,7 @@ def test_exif_rotated_jpeg_comes_out_rotated(up: Upscaler, tmp_path: Path) -> No
 
 def test_export_cache_is_named_after_what_changes_the_graph(weights_dir: Path, fsrcnn_x2_onnx: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
 
     w = weight_file(weights_dir, "fsrcnn_y_x2.pth")
     cache = fsrcnn_x2_onnx.parent
@@ -174,7 +174,8 @@ def test_from_model_exports_the_accelerated_network_with_its_mask_settings(
 
     exported: list[tuple[object, Path, int]] = []
 
-    def fake_export(module: object, out: Path, opset: int) -> Path:
+    def fake_export(module: object, out: Path, opset: int, verify: object) -> Path:
+        assert verify is not None  # the cache keeps only graphs the runtime checked against PyTorch
         exported.append((module, Path(out), opset))
         shutil.copyfile(fsrcnn_x2_onnx, out)
         return Path(out)

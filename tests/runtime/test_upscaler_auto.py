@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amsr.images import read_rgb8
-from amsr.rows import DENSE_ABOVE_DENSITY
+from amsr.io.images import read_rgb8
+from amsr.sparse.rows import DENSE_ABOVE_DENSITY
 from tests.conftest import weight_file
 
 

@@ -10,7 +10,7 @@ import pytest
 from torch import nn
 
 from amsr.checkpoint import load_checkpoint
-from amsr.sparse_conv import check_maskable_conv
+from amsr.sparse.pixel import check_maskable_conv
 from amsr.zoo import Architecture
 from tests.conftest import mean_psnr, weight_file
 

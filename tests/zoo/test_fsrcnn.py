@@ -14,7 +14,7 @@ from torch import nn
 
 from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
-from amsr.metrics import rgb_to_y
+from amsr.io.metrics import rgb_to_y
 from amsr.zoo import get_architecture
 from amsr.zoo.fsrcnn import ARCH
 from amsr.zoo.fsrcnn_arch import FSRCNN, LumaSR
@@ -75,7 +75,7 @@ def test_luma_wrapper_feeds_bt601_y_and_restores_rgb() -> None:
     net = _Bicubic(3)
     out = LumaSR(net, 3)(x)
     assert net.seen is not None
-    # The network sees Y in [16/255, 235/255], as amsr.metrics (and the training data) define it.
+    # The network sees Y in [16/255, 235/255], as amsr.io.metrics (and the training data) define it.
     np.testing.assert_allclose(net.seen[0, 0].numpy(), rgb_to_y(img) / 255.0, atol=1e-6)
     # With bicubic on Y too, the colour round trip must give plain bicubic RGB.
     torch.testing.assert_close(out, F.interpolate(x, scale_factor=3, mode="bicubic", align_corners=False),

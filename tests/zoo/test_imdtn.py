@@ -13,7 +13,7 @@ from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError
 from amsr.zoo import get_architecture
 from amsr.zoo.imdtn import ARCH, build, detect, infer_config
-from amsr.zoo.imdtn_arch import IMDTBlock, IMDTN, IMDTNConfig, channel_shuffle
+from amsr.zoo.imdtn_arch import IMDTN, IMDTBlock, IMDTNConfig, channel_shuffle
 from amsr.zoo.padding import PaddedSR
 from amsr.zoo.swinir_arch import SwinTransformerBlock, relative_position_index, shifted_window_mask
 from tests.conftest import mean_psnr, weight_file

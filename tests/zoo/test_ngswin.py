@@ -15,12 +15,16 @@ from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import detect_architecture, get_architecture
 from amsr.zoo.descriptor import StateDict
 from amsr.zoo.ngswin import build, detect, infer_config
-from amsr.zoo.ngswin_arch import (NSTB, CosineWindowAttention, NGswin, NGswinConfig, StageConfig,
-                                  seq_reflect_index)
+from amsr.zoo.ngswin_arch import NSTB, CosineWindowAttention, NGswin, NGswinConfig, StageConfig, seq_reflect_index
 from amsr.zoo.padding import PaddedSR
 from tests.conftest import mean_psnr, weight_file
-from tests.zoo.test_swinir import (official_attn_mask, official_relative_position_index, official_state_dict,
-                                   random_swinir, tiny)
+from tests.zoo.test_swinir import (
+    official_attn_mask,
+    official_relative_position_index,
+    official_state_dict,
+    random_swinir,
+    tiny,
+)
 
 ARCH = get_architecture("ngswin")
 # Small but complete: three stages, head_dim ≠ dim/heads (as released), 2-gram context, window 8.

@@ -13,10 +13,15 @@ from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.swinir import ARCH, build, detect, detect_variant, infer_config
-from amsr.zoo.swinir_arch import (SwinIR, SwinIRConfig, SwinTransformerBlock, relative_position_index,
-                                  window_partition, window_reverse)
+from amsr.zoo.swinir_arch import (
+    SwinIR,
+    SwinIRConfig,
+    SwinTransformerBlock,
+    relative_position_index,
+    window_partition,
+    window_reverse,
+)
 from tests.conftest import weight_file
-
 
 # --- the official constructions, written out independently of amsr's code -----------------------------------
 

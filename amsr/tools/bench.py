@@ -9,8 +9,8 @@ dense (and its quartiles), which a slow spell of the machine moves less.
 Strategies (how the accelerated network runs its masked convs):
 
 - ``pixel``: ``MaskedConv2d`` / ``GatherScatterConv2d`` — gather the 3×3 taps of each masked-in pixel.
-- ``tile``: ``amsr.sparse_tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
-- ``rows``: ``amsr.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
+- ``tile``: ``amsr.sparse.tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
+- ``rows``: ``amsr.sparse.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
   output blend; other models have no row program).
 - ``auto``: per image, from the mask. Where a row program exists, the mask density ``d`` decides: ``d ≤
   ROWS_BREAK_EVEN`` runs the row graph under the whole-image masks (graph inputs, so the mask is computed
@@ -44,15 +44,15 @@ import torch
 from amsr import paths
 from amsr.cost import run_counting_macs
 from amsr.errors import AmsrError
-from amsr.images import lr_images, read_rgb8, to_tensor
-from amsr.mask import MaskConfig, MaskGenerator
+from amsr.io.images import lr_images, read_rgb8, to_tensor
+from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel, unwrap_accelerated
-from amsr.rows import DENSE_ABOVE_DENSITY, row_program
-from amsr.sparse_conv import MaskedConv2d
-from amsr.sparse_tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
+from amsr.sparse.pixel import MaskedConv2d
+from amsr.sparse.rows import DENSE_ABOVE_DENSITY, row_program
+from amsr.sparse.tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
 
 if TYPE_CHECKING:
-    from amsr.cache_key import ExportKey
+    from amsr.export.cache_key import ExportKey
 
 log = logging.getLogger(__name__)
 
@@ -263,12 +263,13 @@ class _Ort:
 def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Path, v: Variants) -> dict[str, Path]:
     """Export (or reuse from ``cache``) the dense and accelerated graphs of this benchmark.
 
-    Entries are named and verified by ``amsr.cache_key`` (the scheme of ``Upscaler.from_model``'s cache): model,
+    Entries are named and verified by ``amsr.export.cache_key`` (the scheme of ``Upscaler.from_model``'s cache): model,
     variant, scale, checkpoint sha256, every mask setting, opset and toolchain, plus the tile size for the tile
     network, which is another graph than the pixel one. A damaged entry is exported again.
     """
-    from amsr.cache_key import cached_export, export_key
+    from amsr.export.cache_key import cached_export, export_key
     from amsr.export.onnx_export import export_onnx
+    from amsr.runtime.export_check import onnxruntime_check
 
     def key(cfg: MaskConfig | None, tile_size: int | None = None, execution: str | None = None) -> ExportKey:
         return export_key(model.arch.id, model.scale, model.weights, cfg, variant=model.variant, tile=tile_size,
@@ -282,7 +283,7 @@ def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Pa
     for name, mod in (("dense", v.dense), ("amsr", v.amsr)):
         def export(dest: Path, mod: torch.nn.Module = mod, name: str = name) -> None:
             log.info("exporting %s to %s", name, dest)
-            export_onnx(mod, dest, rows=not stages)
+            export_onnx(mod, dest, rows=not stages, verify=onnxruntime_check)
 
         files[name] = cached_export(cache / keys[name].file_name, keys[name], export)
     if v.tile_net is not None:

@@ -1,6 +1,6 @@
 """Reading and writing user images for ``amsr-upscale``: what a production upscaler meets, not the benchmark.
 
-``amsr.images`` is the strict benchmark reader (8-bit RGB only). This module accepts what users have:
+``amsr.io.images`` is the strict benchmark reader (8-bit RGB only). This module accepts what users have:
 
 - formats: PNG, JPEG (including phones' MPO), WebP and BMP; animated files give their first frame (with a
   warning); anything else is an ``InputImageError`` naming the path;
@@ -11,7 +11,7 @@
   and RGB with a ``tRNS`` colour key become RGBA; CMYK/YCbCr become RGB;
 - size: an image declaring more than ``pixel_limit()`` pixels (default ``DEFAULT_MAX_PIXELS``, environment
   ``AMSR_MAX_PIXELS``) is refused from its header, before anything is decoded (a decompression bomb: a few
-  hundred bytes of PNG can declare 30000×30000). ``amsr.images`` (the benchmark reader) uses the same policy.
+  hundred bytes of PNG can declare 30000×30000). ``amsr.io.images`` (the benchmark reader) uses the same policy.
 
 Output is PNG only: ``uint16`` in gives a 16-bit PNG, alpha is kept, and the file appears atomically
 (``amsr.files``). ICC profiles and other metadata are not carried over.
@@ -31,6 +31,7 @@ import numpy as np
 
 from amsr.errors import AmsrError, BackendUnavailableError, InputImageError
 from amsr.files import atomic_path, save_bytes
+from amsr.io.listing import list_images
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], l
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(c for c in p.iterdir()
-                           if c.suffix.lower() in INPUT_SUFFIXES and not c.name.startswith(".") and c.is_file())
+            found = list_images(p, suffixes=INPUT_SUFFIXES)
             if not found:
                 log.warning("%s: no %s files in this folder", p, "/".join(s[1:] for s in INPUT_SUFFIXES))
         elif p.exists():

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.sparse_conv import MaskContext, MaskedConv2d
+from amsr.sparse.pixel import MaskContext, MaskedConv2d
 from amsr.tracing import is_tracing
 
 DEFAULT_TILE = 16

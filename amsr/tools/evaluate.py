@@ -13,8 +13,8 @@ from torch import nn
 
 from amsr.cost import run_counting_macs
 from amsr.errors import InputImageError
-from amsr.images import list_images, read_rgb8, to_tensor, to_uint8
-from amsr.metrics import psnr_y, ssim_y
+from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
+from amsr.io.metrics import psnr_y, ssim_y
 
 # SSIM's 11×11 window must fit after shaving ``scale`` pixels at each border.
 _SSIM_WINDOW = 11

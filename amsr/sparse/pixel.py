@@ -100,7 +100,7 @@ class MaskedConv2d(nn.Module):
 
     def forward_dense(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Reference path: the conv at every pixel (unfold + 1×1 with the same weights is the same sum, in
-        another order), then the input kept where the mask is 0. Also the training path (``amsr.finetune``):
+        another order), then the input kept where the mask is 0. Also the training path (``amsr.tools.finetune``):
         a CARN-M x4 step (batch 8 of 48² LR patches, 2 CPU cores) takes ~1.5 s so, ~4.2 s with unfold + einsum."""
         return torch.where(mask > 0.5, self.conv(x), x)
 

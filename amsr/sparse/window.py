@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.sparse_conv import ExecutionMode, MaskContext
+from amsr.sparse.pixel import ExecutionMode, MaskContext
 from amsr.zoo.ngswin_arch import NSTB
 from amsr.zoo.swinir_arch import SwinTransformerBlock, window_partition
 
@@ -77,7 +77,7 @@ def check_swin_block(block: nn.Module, name: str) -> SwinTransformerBlock | NSTB
 
 
 class MaskedWindowLayer(nn.Module):
-    """What every window-selecting layer shares (Swin blocks here, HiT-SRF blocks in ``amsr.sparse_hit``):
+    """What every window-selecting layer shares (Swin blocks here, HiT-SRF blocks in ``amsr.sparse.hit``):
     an execution ``mode`` and the window counts of its last call, read by ``AcceleratedSR`` and the tests.
 
     Subclasses set ``last_selected`` (windows the mask selected, all images), ``last_total`` (windows) and

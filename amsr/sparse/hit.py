@@ -7,7 +7,7 @@ at the block's H×W, N×1×H×W 0/1) is padded the same way (``pad_to_windows`` 
 windows see the reflected mask rows/columns they compute on) and averaged per tile:
 
     selected(window) = mean(padded mask over the tile) ≥ threshold      (compared in float64, as in
-                                                                         ``amsr.sparse_window.select_windows``)
+                                                                         ``amsr.sparse.window.select_windows``)
 
 so a threshold k/(wh·ww) is met by exactly k masked-in tile positions; 0 selects every window (the exact
 block), above 1 none. ``keep`` (B×H×W) marks the tokens of selected windows (the tile grid cropped to H×W).
@@ -73,8 +73,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.sparse_conv import ExecutionMode, MaskContext
-from amsr.sparse_window import MaskedWindowLayer
+from amsr.sparse.pixel import ExecutionMode, MaskContext
+from amsr.sparse.window import MaskedWindowLayer
 from amsr.zoo.hit_srf_arch import (
     HierarchicalTransformerBlock,
     pad_to_windows,

@@ -10,7 +10,7 @@ load back through the zoo's ``detect``/``build``, checked before writing) and ev
 ``--weights``; a JSON record beside it names its provenance.
 
 Data: HR images of a folder (never a test set); LR made on the fly as calibration makes it (torch bicubic,
-antialias, uint8: ``operating_point.make_lr``). ``mask_source="image"`` (default) computes each image's masks
+antialias, uint8: ``amsr.tools.calibrate.make_lr``). ``mask_source="image"`` (default) computes each image's masks
 once on the whole LR image, as inference does, and crops them with the patch; ``"patch"`` computes them on
 the patch (the 2-means then sees only the patch: more pixels skipped in flat patches than inference skips).
 
@@ -37,11 +37,11 @@ import torch.nn.functional as F
 
 from amsr.errors import AmsrError, InputImageError
 from amsr.files import save_bytes, save_with
-from amsr.images import list_images, read_rgb8, to_tensor
-from amsr.mask import MaskConfig, MaskGenerator
+from amsr.io.images import list_images, read_rgb8, to_tensor
+from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel
-from amsr.operating_point import calibration_sample, make_lr
 from amsr.surgery import AcceleratedSR, accelerate
+from amsr.tools.calibrate import calibration_sample, make_lr
 from amsr.weights import sha256_of
 
 MASK_SOURCES = ("image", "patch")

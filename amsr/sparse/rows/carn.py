@@ -1,4 +1,4 @@
-"""CARN / CARN-M with the output blend, executed on rows (``amsr.rows.grid``): the same SR values as
+"""CARN / CARN-M with the output blend, executed on rows (``amsr.sparse.rows.grid``): the same SR values as
 ``AcceleratedSR`` (masked body convs, sparse tail, blend), with work that follows the active pixels.
 
 Which pixels are computed (A = network mask, E = output mask, LR grid; ⊕k = dilation by k px):
@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.mask import MaskGenerator, dilate
-from amsr.rows.grid import (
+from amsr.masking.mask import MaskGenerator, dilate
+from amsr.sparse.pixel import MaskedConv2d
+from amsr.sparse.rows.grid import (
     block_pixels_flat,
     block_taps,
     conv1x1_rows,
@@ -44,8 +45,7 @@ from amsr.rows.grid import (
     taps,
     with_zero_row,
 )
-from amsr.sparse_conv import MaskedConv2d
-from amsr.sparse_tail import TailMaskedConv
+from amsr.sparse.tail import TailMaskedConv
 from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.carn_arch import CARN, CascadingBlock, EfficientResidualBlock, ScaleBranch

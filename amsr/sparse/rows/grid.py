@@ -20,7 +20,6 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-
 # The 3×3 taps in row-major order: (dy, dx) of tap t.
 _TAP_DY = (-1, -1, -1, 0, 0, 0, 1, 1, 1)
 _TAP_DX = (-1, 0, 1, -1, 0, 1, -1, 0, 1)

@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.cuda_graphs import CudaGraphed, can_replay
 from amsr.errors import InputImageError
+from amsr.masking.cuda_graphs import CudaGraphed, can_replay
 from amsr.tracing import is_tracing
-
 
 # Upper bounds of the mask settings: sanity limits far above every useful value, so that a typo cannot make
 # torch allocate gigabytes (``--blur-size 100001`` asked for an 80 GB kernel) or unroll a huge ONNX graph.
@@ -246,8 +245,8 @@ class MaskGenerator(nn.Module):
         self.register_buffer("kernel", gaussian_kernel(self.config.blur_size, self.config.blur_sigma),
                              persistent=False)
         # On CUDA the mask's small kernels are replayed from one graph per input shape (same values; see
-        # amsr.cuda_graphs) and the 2-means runs as one Triton kernel when Triton is installed
-        # (amsr.mask_triton); either can be switched off. CPU and ONNX export always run the torch ops.
+        # amsr.masking.cuda_graphs) and the 2-means runs as one Triton kernel when Triton is installed
+        # (amsr.masking.kmeans_triton); either can be switched off. CPU and ONNX export always run the torch ops.
         self.graphed = CudaGraphed(self.eager) if cuda_graphs else None
         self.graphed_pairs: dict[int, CudaGraphed] = {}  # per output dilation (the blend's two masks)
         self.triton_kmeans = triton_kmeans
@@ -285,10 +284,10 @@ class MaskGenerator(nn.Module):
     def _threshold(self, flat: torch.Tensor) -> torch.Tensor:
         if (self.triton_kmeans and flat.is_cuda and flat.dtype == torch.float32
                 and flat.shape[1] <= TRITON_KMEANS_MAX_VALUES and not is_tracing()):
-            from amsr import mask_triton  # imported on a GPU only (importing Triton takes time)
+            from amsr.masking import kmeans_triton  # imported on a GPU only (importing Triton takes time)
 
-            if mask_triton.available():
-                return mask_triton.kmeans2_threshold_triton(flat, self.config.kmeans_iters)
+            if kmeans_triton.available():
+                return kmeans_triton.kmeans2_threshold_triton(flat, self.config.kmeans_iters)
         return kmeans2_threshold(flat, self.config.kmeans_iters)
 
 

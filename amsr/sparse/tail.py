@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import UnsupportedModelError
-from amsr.mask import dilate
+from amsr.masking.mask import dilate
 
 # Pixels per chunk of the gather (bounds the memory of the k²-tap patches at HR resolution).
 _CHUNK = 16384

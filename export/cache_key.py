@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from amsr.files import save_bytes
 
 if TYPE_CHECKING:
-    from amsr.mask import MaskConfig
+    from amsr.masking.mask import MaskConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The mask's 1-D 2-means (``amsr.mask.kmeans2_threshold``) as one Triton kernel, for CUDA.
+"""The mask's 1-D 2-means (``amsr.masking.mask.kmeans2_threshold``) as one Triton kernel, for CUDA.
 
 Why: eagerly, the 50 Lloyd iterations are ~650 tiny kernels; replayed from a CUDA graph they still cost
 ~2.4 ms on a 481×321 image on an H200 — a fifth of the dense CARN-M forward (results/bench/gpu). Here one
@@ -7,7 +7,7 @@ program per image keeps the centroids in registers and streams its row (L2-resid
 Same iteration as the torch version (start at (min, max), midpoint split, an empty cluster keeps its
 centroid, fixed iteration count); the sums are float32 in another order, so a threshold can differ in
 the last bits and, rarely, a pixel lying exactly on it flips. Checked on CPU with ``TRITON_INTERPRET=1``
-against the torch version (tests/test_mask_triton.py) and on a GPU by ``scripts/bench_kernel_gpu.py``.
+against the torch version (tests/test_kmeans_triton.py) and on a GPU by ``scripts/bench_kernel_gpu.py``.
 """
 
 from __future__ import annotations

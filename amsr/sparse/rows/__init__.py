@@ -1,4 +1,4 @@
-"""Row execution: an accelerated network run on the rows of its active pixels (``amsr.rows.grid``), with
+"""Row execution: an accelerated network run on the rows of its active pixels (``amsr.sparse.rows.grid``), with
 work that follows the mask end to end. One program per architecture family; ``row_program`` picks it.
 
 Exact: a row program computes the same SR output as the ``AcceleratedSR`` it is built from (float rounding:
@@ -14,7 +14,6 @@ from amsr.errors import UnsupportedModelError
 from amsr.surgery import AcceleratedSR
 from amsr.zoo.carn_arch import CARN
 
-
 # Mask density above which a row graph is slower than the dense network (onnxruntime CPU, 2 threads), set
 # from the block-diagonal row convs, whose 3×3 conv cost ~3.6× the dense conv per pixel: CARN-M x4 (then
 # d_net 4 / d_out 3) measured row/dense ≈ 2.3·density per Photos2K image, 0.94 at density 0.39, 1.02 at 0.49.
@@ -28,7 +27,7 @@ DENSE_ABOVE_DENSITY = 0.40
 def row_program(acc: AcceleratedSR) -> nn.Module | None:
     """The row execution of ``acc``, or ``None`` where there is none (not a CARN / CARN-M, no output blend,
     or a body 3×3 conv left unmasked)."""
-    from amsr.rows.carn import RowCARN
+    from amsr.sparse.rows.carn import RowCARN
 
     net = acc.net
     if not isinstance(net, CARN) or net.scale is None or acc.config.output_dilation is None:
@@ -41,6 +40,6 @@ def row_program(acc: AcceleratedSR) -> nn.Module | None:
 
 def is_row_program(module: nn.Module) -> bool:
     """Whether ``module`` is a row program (the exporter records ``amsr.execution = rows``)."""
-    from amsr.rows.carn import RowCARN
+    from amsr.sparse.rows.carn import RowCARN
 
     return isinstance(module, RowCARN)

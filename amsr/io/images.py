@@ -4,7 +4,7 @@ The evaluation path refuses what it cannot score honestly (alpha, 16-bit, palett
 converting silently; Pillow would otherwise truncate a 16-bit RGB PNG to 8 bits without a word.
 8-bit grayscale is the one exception: Set14 ships two grayscale images and the standard protocol scores them
 as RGB with three equal channels, so they are replicated (and the Y-PSNR is then that of the gray image).
-Image size follows ``amsr.imageio``'s one policy (``pixel_limit``: 64 MP or ``$AMSR_MAX_PIXELS``), checked from
+Image size follows ``amsr.io.user_images``'s one policy (``pixel_limit``: 64 MP or ``$AMSR_MAX_PIXELS``), checked from
 the header before decoding.
 """
 
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from amsr.errors import InputImageError
-from amsr.imageio import check_image_size, png_header
+from amsr.io.listing import IMAGE_SUFFIXES, list_images
+from amsr.io.user_images import check_image_size, png_header
 
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "list_images", "lr_images", "read_rgb8", "save_png", "to_tensor", "to_uint8"]
+
 
 
 def _png_header(path: Path) -> tuple[int, int, int] | None:
@@ -31,7 +33,7 @@ def _png_header(path: Path) -> tuple[int, int, int] | None:
 def read_rgb8(path: str | os.PathLike[str], max_pixels: int | None = None) -> np.ndarray:
     """Read an 8-bit RGB (or grayscale, replicated) image as an ``H×W×3`` uint8 array.
 
-    ``max_pixels`` overrides the size limit (``amsr.imageio.pixel_limit``), checked before decoding.
+    ``max_pixels`` overrides the size limit (``amsr.io.user_images.pixel_limit``), checked before decoding.
 
     Raises:
         InputImageError: missing/unreadable file, too many pixels, or a mode other than 8-bit RGB (named in
@@ -88,19 +90,6 @@ def save_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
     with atomic_path(dest) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
     return Path(dest)
-
-
-def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:
-    """Image files directly in ``folder`` (and in its subfolders if ``recursive``), sorted by path.
-
-    Raises:
-        InputImageError: ``folder`` is not a directory.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputImageError(f"{folder}: no such folder")
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def lr_images(data: str | os.PathLike[str]) -> list[Path]:
