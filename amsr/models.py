@@ -14,7 +14,6 @@ from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.masking.mask import MaskConfig
 from amsr.sparse.pixel import ExecutionMode
-from amsr.sparse.tail import TAIL_RULES
 from amsr.surgery import AcceleratedSR, accelerate, check_sr_input, parameter_dtype
 from amsr.tracing import is_tracing
 from amsr.weights import check_official_scale, resolve_weights
@@ -60,10 +59,10 @@ class LoadedModel:
     def accelerated(self, config: MaskConfig | None = None, mode: ExecutionMode = "sparse",
                     sparse_tail: bool = True) -> PaddedSR:
         """The network with AMSR applied (a copy; ``self.net`` stays dense). With an output blend
-        (``config.output_dilation``), the tail convs listed in ``amsr.sparse.tail.TAIL_RULES`` run sparsely;
+        (``config.output_dilation``), the tail convs its descriptor lists (``SparseRules.tail``) run sparsely;
         ``sparse_tail=False`` runs them densely (same output: the blend keeps only pixels the sparse tail
         computes exactly; faster wherever measured, results/bench/gpu/README.md; counted in full)."""
-        tail = TAIL_RULES.get(self.arch.id) if sparse_tail else None
+        tail = self.arch.rules.tail if sparse_tail else None
         acc = accelerate(self.net, self.arch.rules, config, mode=mode, tail=tail(self.scale) if tail else None)
         acc.check_inputs = False  # CheckedSR checks the unpadded input once, at the outermost forward
         return CheckedSR(acc, self.scale, self.arch.size).eval()

@@ -228,8 +228,8 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
             ``fnmatch`` patterns naming the body 3×3 convs (a list, or one pattern as a string).
         config: mask settings (blur, dilation, window threshold, …); defaults to ``MaskConfig()``.
         mode: ``"sparse"`` computes only masked-in pixels / selected windows; ``"dense"`` is the reference path.
-        tail: (conv name, resolution factor vs LR) of the tail convs in execution order (``amsr.sparse.tail``
-            ``TAIL_RULES``); used only with ``config.output_dilation`` set: they become ``TailMaskedConv``
+        tail: (conv name, resolution factor vs LR) of the tail convs in execution order (the descriptor's
+            ``SparseRules.tail``); used only with ``config.output_dilation`` set: they become ``TailMaskedConv``
             computed where the blend keeps the network output. ``None``: the tail runs densely.
 
     Raises:

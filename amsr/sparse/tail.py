@@ -12,15 +12,14 @@ writing zeros elsewhere; ``radius`` covers the receptive field of the tail layer
 SR pixel sees exactly the dense values; the tests check that the blend is unchanged). Its
 ``effective_macs`` counts only the pixels it computes, which is what ``amsr.cost`` reports.
 
-``TAIL_RULES`` lists, per zoo architecture and scale, the tail convs in execution order with their
-resolution factor relative to LR; ``tail_layers`` turns them into radii. A conv whose input is not an
+Each zoo descriptor lists its tail convs in execution order with their resolution factor relative to LR
+(``SparseRules.tail``); ``tail_layers`` turns them into radii. A conv whose input is not an
 integer multiple of the mask size (internal padding) falls back to dense (counted in full).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -99,29 +98,6 @@ class TailMaskedConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"radius={self.radius}"
-
-
-def _carn(scale: int) -> list[tuple[str, int]]:
-    if scale == 4:
-        return [("upsample.up4.body.0", 1), ("upsample.up4.body.3", 2), ("exit", 4)]
-    return [(f"upsample.up{scale}.body.0", 1), ("exit", scale)]
-
-
-def _pan(scale: int) -> list[tuple[str, int]]:
-    if scale == 4:
-        return [("upconv1", 2), ("att1.conv", 2), ("HRconv1", 2), ("upconv2", 4), ("att2.conv", 4),
-                ("HRconv2", 4), ("conv_last", 4)]
-    return [("upconv1", scale), ("att1.conv", scale), ("HRconv1", scale), ("conv_last", scale)]
-
-
-# Architecture id → scale → tail convs in execution order, each with its resolution factor vs LR.
-TAIL_RULES: dict[str, Callable[[int], list[tuple[str, int]]]] = {
-    "carn": _carn,
-    "carn_m": _carn,
-    "imdn": lambda s: [("upsampler.0", 1)],
-    "pan": _pan,
-    "imdtn": lambda s: [("upsampler.0", 1)],
-}
 
 
 def tail_layers(net: nn.Module, layers: list[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from amsr.zoo.carn_arch import SCALES, build_carn, detect_carn_family
+from amsr.zoo.carn_arch import SCALES, build_carn, carn_tail, detect_carn_family
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 
 _URL = "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn.pth"
@@ -29,5 +29,5 @@ ARCH = Architecture(
     build=_build,
     size=SizeRequirements(),
     # The two 3x3 convs of each of the 9 residual blocks (3 cascading blocks x b1..b3): 18 convs.
-    rules=SparseRules(convs=("b?.b?.body.0", "b?.b?.body.2")),
+    rules=SparseRules(convs=("b?.b?.body.0", "b?.b?.body.2"), tail=carn_tail),
 )

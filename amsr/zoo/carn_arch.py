@@ -82,6 +82,13 @@ class EfficientResidualBlock(nn.Module):
         return F.relu(self.body(x) + x)
 
 
+def carn_tail(scale: int) -> list[tuple[str, int]]:
+    """The tail convs of CARN / CARN-M (``SparseRules.tail``): the upsampler's convs and the exit conv."""
+    if scale == 4:
+        return [("upsample.up4.body.0", 1), ("upsample.up4.body.3", 2), ("exit", 4)]
+    return [(f"upsample.up{scale}.body.0", 1), ("exit", scale)]
+
+
 def _cascade(x: torch.Tensor, units: tuple[nn.Module, nn.Module, nn.Module],
              fuses: tuple[nn.Module, nn.Module, nn.Module]) -> torch.Tensor:
     """The cascading pattern shared by the blocks and the net: each unit's output joins every earlier

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from amsr.zoo.carn_arch import SCALES, build_carn, detect_carn_family
+from amsr.zoo.carn_arch import SCALES, build_carn, carn_tail, detect_carn_family
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 
 _URL = "https://github.com/nmhkahn/CARN-pytorch/raw/master/checkpoint/carn_m.pth"
@@ -30,5 +30,5 @@ ARCH = Architecture(
     size=SizeRequirements(),
     # The two grouped 3x3 convs of the one efficient block per cascading block: 6 modules, but each runs
     # three times per forward (CARN-M reuses b1 for all three units of a cascading block).
-    rules=SparseRules(convs=("b?.b1.body.0", "b?.b1.body.2")),
+    rules=SparseRules(convs=("b?.b1.body.0", "b?.b1.body.2"), tail=carn_tail),
 )

@@ -55,12 +55,16 @@ class SparseRules:
         min_blend_margin: the smallest d_net − d_out of an output-blend setting calibration may pick for this
             architecture; ``None``: ``amsr.operating_point.MIN_BLEND_MARGIN``.
         min_output_dilation: the smallest output-mask dilation d_out calibration may pick.
+        tail: ``tail(scale)`` → the tail convs (upsampler, reconstruction) in execution order, each as
+            (qualified name, resolution factor vs LR), which run only where the output blend keeps the
+            network (``amsr.sparse.tail``); ``None``: the tail runs densely.
     """
 
     convs: tuple[str, ...] = ()
     windows: tuple[str, ...] = ()
     min_blend_margin: int | None = None
     min_output_dilation: int = 1
+    tail: Callable[[int], list[tuple[str, int]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -70,5 +70,5 @@ ARCH = Architecture(
     detect=_detect,
     build=build,
     # Only c1 maps C→C; c2/c3 take 3C/4 channels and c4 emits C/4, so the identity is not defined for them.
-    rules=SparseRules(convs=("IMDB*.c1",)),
+    rules=SparseRules(convs=("IMDB*.c1",), tail=lambda s: [("upsampler.0", 1)]),
 )

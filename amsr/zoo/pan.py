@@ -48,6 +48,14 @@ def build(sd: StateDict, scale: int) -> nn.Module:
     return model.eval()
 
 
+def _tail(scale: int) -> list[tuple[str, int]]:
+    """PAN's tail convs (``SparseRules.tail``): upsampling convs, pixel attention and HR convs per stage."""
+    if scale == 4:
+        return [("upconv1", 2), ("att1.conv", 2), ("HRconv1", 2), ("upconv2", 4), ("att2.conv", 4),
+                ("HRconv2", 4), ("conv_last", 4)]
+    return [("upconv1", scale), ("att1.conv", scale), ("HRconv1", scale), ("conv_last", scale)]
+
+
 ARCH = Architecture(
     id="pan",
     description="PAN (Zhao et al., ECCV-W 2020), github.com/zhaohengyuan1/PAN",
@@ -57,5 +65,5 @@ ARCH = Architecture(
     detect=_detect,
     build=build,
     # The three half-width 3×3 convs of every SCPA block; the 1×1 convs and the HR-resolution upsampler are not.
-    rules=SparseRules(convs=("SCPA_trunk.*.k1.0", "SCPA_trunk.*.PAConv.k3", "SCPA_trunk.*.PAConv.k4")),
+    rules=SparseRules(convs=("SCPA_trunk.*.k1.0", "SCPA_trunk.*.PAConv.k3", "SCPA_trunk.*.PAConv.k4"), tail=_tail),
 )

@@ -15,7 +15,6 @@ from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
 from amsr.sparse.rows import row_program
 from amsr.sparse.rows.carn import RowCARN
-from amsr.sparse.tail import TAIL_RULES
 from amsr.surgery import accelerate
 from amsr.zoo import get_architecture
 from amsr.zoo.carn_arch import CARN
@@ -36,7 +35,7 @@ def _random_carn(efficient: bool, scale: int) -> CARN:
 
 
 def _accelerated(net: CARN, arch: str, scale: int, config: MaskConfig = BLEND):  # type: ignore[no-untyped-def]
-    return accelerate(net, get_architecture(arch).rules, config, tail=TAIL_RULES[arch](scale)).eval()
+    return accelerate(net, get_architecture(arch).rules, config, tail=get_architecture(arch).rules.tail(scale)).eval()
 
 
 def _textured(n: int, h: int, w: int) -> torch.Tensor:
