@@ -73,6 +73,61 @@ def test_dense_macs_follow_the_formula() -> None:
     assert macs == expected
 
 
+class _UserAttention(nn.Module):
+    """A user's attention written with tensor ops (no module reports its cost): each form counts once."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.qkv = nn.Conv2d(4, 12, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # n × hw × 4 each
+        if self.form == "matmul":
+            out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        elif self.form == "einsum":
+            out = torch.einsum("nij,njc->nic", torch.softmax(torch.einsum("nic,njc->nij", q, k), -1), v)
+        elif self.form == "bmm":
+            out = torch.bmm(torch.softmax(torch.bmm(q, k.transpose(1, 2)), -1), v)
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize("form", ["matmul", "einsum", "bmm", "sdpa"])
+def test_attention_matmuls_in_user_code_are_counted(form: str) -> None:
+    """Issue #16: a user network's attention matmuls were not counted (50.6 vs ~175 GMACs). q·kᵀ and attn·v
+    are hw·hw·c each; the 1×1 conv counts as a conv, once."""
+    net = _UserAttention(form).eval()
+    hw, c = 6 * 5, 4
+    _, macs = run_counting_macs(net, torch.rand(2, 4, 6, 5))
+    assert macs == 2 * (hw * 12 * 4 + 2 * hw * hw * c)
+
+
+def test_zoo_attention_is_counted_once(weights_dir: Path) -> None:
+    """The zoo's attention reports its matmuls itself (``extra_macs``); the function-level count adds nothing
+    inside it: IMDTN's count is the conv/linear hooks plus the blocks' own matmuls, as before."""
+    from amsr import cost
+    from tests.conftest import weight_file
+
+    model = load_model("imdtn", 4, weights=weight_file(weights_dir, "imdtn_x4.pth"))
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for module in (model.dense(), model.accelerated(MaskConfig(dilation=1))):
+        _, with_functions = run_counting_macs(module, x)
+        original = cost._MatmulCounter.__torch_function__
+
+        def silent(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202 — the counter switched off
+            return func(*args, **(kwargs or {}))
+
+        cost._MatmulCounter.__torch_function__ = silent  # type: ignore[method-assign]
+        try:
+            _, hooks_only = run_counting_macs(module, x)
+        finally:
+            cost._MatmulCounter.__torch_function__ = original  # type: ignore[method-assign]
+        assert with_functions == hooks_only > 0
+
+
 def test_sparse_macs_scale_with_the_realised_mask() -> None:
     net = _net()
     acc = accelerate(net, ["body.*.0", "body.*.2"])
