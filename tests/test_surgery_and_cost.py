@@ -161,3 +161,34 @@ def test_dense_tail_gives_the_same_blended_output(weights_dir: Path, data_dir: P
         sparse = model.accelerated(cfg)(x)
         dense = model.accelerated(cfg, sparse_tail=False)(x)
     assert (sparse - dense).abs().max().item() <= 1e-5
+
+
+class _TwoResolutions(nn.Module):
+    """A user's network with a 3×3 in==out conv on a half-resolution branch (a find_identity_convs candidate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.lr_body = nn.Conv2d(8, 8, 3, padding=1)
+        self.half_branch = nn.Conv2d(8, 8, 3, padding=1)
+        self.tail = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.head(x)
+        g = self.half_branch(torch.nn.functional.avg_pool2d(f, 2))
+        f = self.lr_body(f) + torch.nn.functional.interpolate(g, size=f.shape[-2:])
+        return self.tail(f)
+
+
+def test_a_conv_at_another_resolution_is_refused_by_name() -> None:
+    """Issue #16: the mask was silently resized onto convs at other resolutions (−17 to −18 dB); now the
+    conv is named and refused, and the convs at the input's resolution still work."""
+    torch.manual_seed(0)
+    net = _TwoResolutions().eval()
+    assert "half_branch" in find_identity_convs(net)
+    x = torch.rand(1, 3, 16, 12)
+    with pytest.raises(UnsupportedModelError, match=r"half_branch runs at 8×6 but the mask is 16×12"):
+        accelerate(net, ["lr_body", "half_branch"], MaskConfig(dilation=1))(x)
+    ok = accelerate(net, ["lr_body"], MaskConfig(dilation=1))
+    with torch.no_grad():
+        assert ok(x).shape == (1, 3, 32, 24)

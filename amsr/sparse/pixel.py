@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.errors import UnsupportedModelError
+from amsr.tracing import is_tracing
 
 ExecutionMode = Literal["sparse", "dense"]
 
@@ -25,8 +26,10 @@ ExecutionMode = Literal["sparse", "dense"]
 class MaskContext:
     """The mask of the image being processed, shared by every masked layer of one model.
 
-    The accelerated model sets it once per forward; layers read it at their own feature size (all body
-    layers of the supported models run at LR resolution; another size gets a nearest-neighbour resize).
+    The accelerated model sets it once per forward. Masked convs read it at the input's resolution only
+    (``mask_for`` refuses another size: a conv on a downsampled branch or at HR resolution would get a
+    resized mask that follows no pixel of its own, which cost a user's network 17–18 dB, issue #16); token
+    layers read it at their own size (``mask_at``: a nearest-neighbour resize).
     """
 
     def __init__(self) -> None:
@@ -43,9 +46,20 @@ class MaskContext:
             self._indexed = (mask, mask._version)
         return self._indices
 
-    def mask_for(self, feature: torch.Tensor) -> torch.Tensor:
-        """The mask as N×1×h×w float (0/1) matching ``feature``'s spatial size."""
-        return self.mask_at((feature.shape[-2], feature.shape[-1]))
+    def mask_for(self, feature: torch.Tensor, name: str = "a masked conv") -> torch.Tensor:
+        """The mask as N×1×h×w float (0/1) for a masked conv's input ``feature``, which must be at the mask's
+        size (checked in eager mode; a traced graph has the sizes the eager run checked).
+
+        Raises:
+            UnsupportedModelError: ``feature`` is at another resolution than the mask (the input's).
+        """
+        size = (feature.shape[-2], feature.shape[-1])
+        if self.mask is not None and not is_tracing() and tuple(self.mask.shape[-2:]) != size:
+            h, w = self.mask.shape[-2:]
+            raise UnsupportedModelError(
+                f"{name} runs at {size[0]}×{size[1]} but the mask is {h}×{w} (the input's resolution): only convs "
+                "at the input's resolution can be masked; leave it out of the conv patterns")
+        return self.mask_at(size)
 
     def mask_at(self, size: tuple[int, int]) -> torch.Tensor:
         """The mask as N×1×h×w float (0/1) for an ``h×w`` feature map (token layers have no NCHW tensor)."""
@@ -87,11 +101,12 @@ class MaskedConv2d(nn.Module):
         self.conv = check_maskable_conv(conv, name)  # raises unless it is a maskable nn.Conv2d
         self.context = context
         self.mode: ExecutionMode = mode
+        self.name = name
         self.last_active: int = 0  # masked-in pixels of the last call (for effective-MAC counting)
         self.last_total: int = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.context.mask_for(x)
+        mask = self.context.mask_for(x, self.name)
         self.last_total = x.shape[0] * x.shape[2] * x.shape[3]
         if self.mode == "dense":
             self.last_active = self.last_total

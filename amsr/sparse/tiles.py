@@ -118,6 +118,7 @@ class TileMaskedConv2d(nn.Module):
             raise ValueError(f"tile must be ≥ 1, got {tile}")
         self.conv = masked.conv
         self.context: MaskContext = masked.context
+        self.name = masked.name
         self.tile = int(tile)
         self.indices = indices if indices is not None else TileIndices()
         self.mode = "sparse"
@@ -125,7 +126,7 @@ class TileMaskedConv2d(nn.Module):
         self.last_total = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.context.mask_for(x)
+        mask = self.context.mask_for(x, self.name)
         tiles = self.indices.of(mask, self.tile)
         if not is_tracing():
             self.last_total = x.shape[0] * x.shape[2] * x.shape[3]
