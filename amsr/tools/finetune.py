@@ -272,7 +272,7 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         if spec.minutes is not None and time.monotonic() - started >= spec.minutes * 60:
             break
         x, hr, masks = data.draw(spec.batch, rng)
-        x, hr = x.to(dev), hr.to(dev)
+        x = x.to(dev)
         if masks is None:
             assert generator is not None
             with torch.no_grad():
@@ -280,10 +280,12 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         else:
             mask, output_mask = masks[:, :1].to(dev), masks[:, 1:].to(dev)
         y = acc(x, mask=mask, output_mask=output_mask if spec.config.output_dilation is not None else None)
-        if teacher is not None:
+        if teacher is None:
+            target = hr.to(dev)
+        else:  # distillation: the HR patch is not used (nor moved to the device)
             with torch.no_grad():
-                hr = teacher(x)
-        loss = F.l1_loss(y, hr)
+                target = teacher(x)
+        loss = F.l1_loss(y, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
