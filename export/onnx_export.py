@@ -123,7 +123,8 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, output_name: str, min
     return program.model_proto
 
 
-def _run_passes(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+def _run_passes(model: onnx.ModelProto, opset: int,
+                net_dilation: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Stage names, constant folding and cleanup, then the opset asked for (17 from the exporter's 18)."""
     import onnx_graphsurgeon as gs
 
@@ -131,7 +132,7 @@ def _run_passes(model: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, di
 
     scopes = torch_scopes(model)
     graph = gs.import_onnx(model)
-    stages = name_mask_subgraph(graph, scopes)
+    stages = name_mask_subgraph(graph, scopes, net_dilation=net_dilation)
     fold_and_cleanup(graph)
     if opset == 17:
         downgrade_to_opset17(graph)
@@ -189,7 +190,8 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
                           "(size 1 would be specialised by the exporter)")
     sample = torch.rand(2, 3, sh, sw, generator=torch.Generator().manual_seed(0))
     proto = _torch_export(prepared, sample, output_name, min_size, opset)
-    proto, stages = _run_passes(proto, opset)
+    generator = mask_generator_of(model)
+    proto, stages = _run_passes(proto, opset, None if generator is None else generator.config.dilation)
     if kind is None:
         kind = "accelerated" if mask_generator_of(model) is not None else "dense"
     meta = _kind_and_meta(model, kind, min_size, stages)

@@ -108,12 +108,15 @@ def _calls(nodes: list[tuple[gs.Node, str | None]]) -> list[tuple[str, list[gs.N
     return calls
 
 
-def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict[str, int]:
+def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope],
+                       net_dilation: int | None = None) -> dict[str, int]:
     """Prefix mask-generation nodes with ``mask/`` and each sparse conv call with ``sparse_conv_<i>/<module>/``.
 
     Args:
         graph: the exported graph, nodes in the exporter's order and with the names it gave them.
         scopes: ``torch_scopes`` of the same export.
+        net_dilation: the network mask's dilation (``MaskConfig.dilation``): with an output blend it tells
+            the network mask from the output mask; ``None``: the more dilated one is the network mask.
 
     Returns:
         Stage name → number of nodes renamed (empty for a dense model).
@@ -149,7 +152,7 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
         node.name = MASK_PREFIX + _short(node.name)
     if mask_nodes:
         counts["mask"] = len(mask_nodes)
-        _name_mask_tensors(graph, mask_nodes, generator_nodes)
+        _name_mask_tensors(graph, mask_nodes, generator_nodes, net_dilation)
 
     n_conv = n_window = 0
     for module, group in _calls(in_order):
@@ -165,7 +168,8 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope]) -> dict
     return counts
 
 
-def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nodes: set[int]) -> None:
+def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nodes: set[int],
+                       net_dilation: int | None) -> None:
     """Rename the generator's output ``mask``, the NonZero rows ``mask/pixels`` and the shared index tensors."""
     import numpy as np
 
@@ -184,9 +188,10 @@ def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nod
         single = [t for t in mask_out if t.shape is not None and len(t.shape) == 4 and t.shape[1] == 1]
         mask_out = single or mask_out
     output_mask = None
-    if len(mask_out) == 2:  # the output blend: (network mask, output mask); d_out ≤ d_net, so the network
-        # mask is the more dilated one (equal dilations give equal masks: either serves)
-        net = max(mask_out, key=_dilation_radius)
+    if len(mask_out) == 2:  # the output blend: (network mask, output mask), told apart by their dilation
+        # (equal dilations give equal masks: either serves)
+        exact = [t for t in mask_out if _dilation_radius(t) == net_dilation]
+        net = exact[0] if exact else max(mask_out, key=_dilation_radius)
         output_mask = next(t for t in mask_out if t is not net)
         mask_out = [net]
     if len(mask_out) != 1:

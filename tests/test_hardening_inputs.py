@@ -149,7 +149,7 @@ def test_default_limit_and_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None
     ({"window_threshold": float("nan")}, "window_threshold must be finite"),
     ({"window_threshold": float("inf")}, "window_threshold must be finite"),
     ({"dilation": 2, "output_dilation": 1.5}, "output_dilation must be an integer"),
-    ({"dilation": 2, "output_dilation": 3}, "output_dilation must be between 0 and dilation"),
+    ({"dilation": 2, "output_dilation": 65}, "output_dilation must be between 0 and 64"),
 ])
 def test_bad_mask_settings_are_one_line_value_errors(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message) as e:

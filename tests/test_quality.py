@@ -95,6 +95,20 @@ def test_sparse_tail_keeps_every_blended_pixel():
 
 
 @torch.no_grad()
+def test_sparse_tail_keeps_every_blended_pixel_when_the_output_mask_is_wider():
+    """d_out > d_net (fine-tuned weights): kept SR pixels outside the network mask still get exactly the tail's
+    dense values (of skipped body features)."""
+    net = Tiny().eval()
+    x = _image()
+    m_out, m_net = _masks()  # the output mask is the larger one
+    cfg = MaskConfig(dilation=1, output_dilation=2)
+    dense_tail = accelerate(net, RULES, cfg)(x, mask=m_net, output_mask=m_out)
+    sparse_tail = accelerate(net, RULES, cfg, tail=TAIL)(x, mask=m_net, output_mask=m_out)
+    torch.testing.assert_close(sparse_tail, dense_tail, rtol=0, atol=1e-5)
+    assert not torch.equal(dense_tail, accelerate(net, RULES, cfg)(x, mask=m_net, output_mask=m_net))
+
+
+@torch.no_grad()
 def test_effective_macs_with_blend_match_a_hand_count():
     net = Tiny().eval()
     x = _image()

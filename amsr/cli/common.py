@@ -101,9 +101,9 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                    help="transformer blocks compute a window when its mean mask is ≥ T "
                         f"(0: all windows; default {d['window_threshold']})")
     g.add_argument("--output-dilation", type=int, metavar="D_OUT",
-                   help="output blend: network output where the mask dilated by D_OUT (≤ D_NET) is 1, "
-                        "bicubic elsewhere (default: no blend, the in-network skip alone, which is lossy on "
-                        "pretrained checkpoints: results/README.md §1)")
+                   help="output blend: network output where the mask dilated by D_OUT is 1, bicubic elsewhere "
+                        "(D_OUT > D_NET only for weights fine-tuned so; default: no blend, the in-network "
+                        "skip alone, which is lossy on pretrained checkpoints: results/README.md §1)")
 
 
 _MASK_OPTIONS = ("dilation", "blur_size", "blur_sigma", "window_threshold", "output_dilation")

@@ -71,10 +71,13 @@ class MaskConfig:
             mask over its tokens is ≥ this fraction: 0 computes every window, 1 only fully masked-in ones,
             above 1 none. Ignored by models without window rules.
         output_dilation: ``None`` (default): no output blend, the network output is returned as is. An
-            integer d_out ≤ ``dilation``: output blend (FINDINGS §2) — the SR pixels whose LR pixel lies in
-            the mask dilated by d_out take the network's value, all others the bicubic upscale of the LR
-            input (``torch`` bicubic, ``align_corners=False``); the network's own mask keeps ``dilation``
-            (d_net), so the corrupted flat-region features stay ≥ d_net − d_out pixels away from kept ones.
+            integer d_out: output blend (FINDINGS §2) — the SR pixels whose LR pixel lies in the mask dilated
+            by d_out take the network's value, all others the bicubic upscale of the LR input (``torch``
+            bicubic, ``align_corners=False``); the network's own mask keeps ``dilation`` (d_net). With the
+            published weights d_out < d_net keeps the corrupted flat-region features ≥ d_net − d_out pixels
+            away from kept ones (calibration admits only such pairs: ``operating_point.within_blend_floor``);
+            d_out > d_net keeps skipped pixels, which only weights fine-tuned under that mask
+            (``amsr-finetune``) are trained to tolerate.
     """
 
     blur_size: int = 5
@@ -125,9 +128,6 @@ class MaskConfig:
         self._set_float("window_threshold", 0.0, float("inf"), high_open=True)
         if self.output_dilation is not None:
             self._set_int("output_dilation", 0, MAX_DILATION)
-            if self.output_dilation > self.dilation:
-                raise ValueError(f"output_dilation must be between 0 and dilation ({self.dilation}), "
-                                 f"got {self.output_dilation}")
 
     def _set_int(self, name: str, low: int, high: int) -> None:
         """Check ``name`` is an integer (not bool, not float) in [low, high]; store it as a Python int."""

@@ -21,6 +21,8 @@ from amsr.zoo.carn_arch import CARN
 from tests.conftest import weight_file
 
 BLEND = MaskConfig(dilation=4, output_dilation=3)
+# Fine-tuned weights tolerate the skip, so their blend may keep more than the network computes (d_out > d_net).
+WIDE_BLEND = MaskConfig(dilation=1, output_dilation=3)
 
 
 def _random_carn(efficient: bool, scale: int) -> CARN:
@@ -50,8 +52,9 @@ def _textured(n: int, h: int, w: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("efficient, arch", [(False, "carn"), (True, "carn_m")])
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_rows_equal_the_accelerated_model(efficient: bool, arch: str, scale: int) -> None:
-    acc = _accelerated(_random_carn(efficient, scale), arch, scale)
+@pytest.mark.parametrize("config", [BLEND, WIDE_BLEND], ids=["blend", "wide_blend"])
+def test_rows_equal_the_accelerated_model(efficient: bool, arch: str, scale: int, config: MaskConfig) -> None:
+    acc = _accelerated(_random_carn(efficient, scale), arch, scale, config)
     program = row_program(acc)
     assert isinstance(program, RowCARN)
     x = _textured(2, 29, 37)  # batch of 2, odd sizes: masks touch the border
@@ -107,10 +110,12 @@ def test_rows_on_a_photo_with_the_real_checkpoint(weights_dir: Path, data_dir: P
     assert rows < 0.8 * dense
 
 
-def test_exported_rows_graph_matches_pytorch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [BLEND, WIDE_BLEND], ids=["blend", "wide_blend"])
+def test_exported_rows_graph_matches_pytorch(tmp_path: Path, config: MaskConfig) -> None:
     """The exporter writes the row program for an accelerated CARN-M with a blend (``amsr.execution = rows``)
     and verifies it against PyTorch itself (export_onnx: Polygraphy, atol 1e-4, at 64×64 and 17×23); here
-    also on a sparse input in onnxruntime, and with the masks fed as inputs (the tiled runner's graph)."""
+    also on a sparse input in onnxruntime, and with the masks fed as inputs (the tiled runner's graph) —
+    which checks that the network and output masks got their own names, also when d_out > d_net."""
     for module in ("onnxruntime", "onnxscript", "onnx_graphsurgeon", "polygraphy"):
         pytest.importorskip(module)
     import onnx
@@ -121,7 +126,7 @@ def test_exported_rows_graph_matches_pytorch(tmp_path: Path) -> None:
     from amsr.export.passes import mask_as_input, mask_names
     from amsr.runtime.export_check import onnxruntime_check
 
-    acc = _accelerated(_random_carn(True, 2), "carn_m", 2)
+    acc = _accelerated(_random_carn(True, 2), "carn_m", 2, config)
     out = export_onnx(acc, tmp_path / "rows.onnx", verify=onnxruntime_check)
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
