@@ -196,13 +196,25 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
         kind = "accelerated" if mask_generator_of(model) is not None else "dense"
     meta = _kind_and_meta(model, kind, min_size, stages)
     if kind == "accelerated":
-        meta["amsr.execution"] = "rows" if any(is_row_program(m) for m in prepared.modules()) else "stages"
+        meta["amsr.execution"] = execution_of(prepared, stages)
     _set_metadata(proto, meta)
     proto = check_onnx(proto)
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     log.info("exported %s model to %s (opset %d, stages %s)", kind, out, opset, stages)
     return Path(out)
+
+
+def execution_of(prepared: nn.Module, stages: dict[str, int]) -> str:
+    """``amsr.execution`` of an accelerated graph: ``rows`` (a row program), ``windows`` (window selection and
+    no masked-conv stage) or ``stages`` (GatherND/ScatterND per masked conv); ``amsr.sparse.auto`` keys on it."""
+    from amsr.export.passes import SPARSE_PREFIX, WINDOW_PREFIX
+
+    if any(is_row_program(m) for m in prepared.modules()):
+        return "rows"
+    if any(s.startswith(WINDOW_PREFIX) for s in stages) and not any(s.startswith(SPARSE_PREFIX) for s in stages):
+        return "windows"
+    return "stages"
 
 
 class Verdict(Protocol):

@@ -71,9 +71,10 @@ class RunOptions:
         tile: largest LR tile side in px; ``None`` = whole image in one run.
         overlap: LR px of context around each tile (see module docstring).
         per_tile_mask: accelerated graphs: each tile computes its own mask (module docstring).
-        dense_graph: ``auto`` for a row graph (``amsr.execution = rows``): the dense graph of the same model,
-            run instead for an image whose whole-image mask density exceeds ``amsr.sparse.rows.DENSE_ABOVE_DENSITY``
-            (there the rows would be slower; the dense output is the better one). ``None``: always the graph.
+        dense_graph: ``auto`` for an accelerated graph: the dense graph of the same model, run instead for an
+            image where ``amsr.sparse.auto.runs_dense`` says the accelerated graph would be slower (by its
+            ``amsr.execution`` and the whole-image mask density; stage graphs always run it, without a
+            mask). The dense output is the better one. ``None``: always the graph.
     """
 
     providers: str | tuple[str, ...] | None = None
@@ -148,7 +149,7 @@ class Upscaler:
         prov = list(options.providers) if isinstance(options.providers, tuple) else options.providers
         runner = OrtUpscaler(path, providers=prov, threads=options.threads)
         dense = None
-        if options.dense_graph is not None and runner.metadata.get("amsr.execution") == "rows":
+        if options.dense_graph is not None and runner.accelerated:
             dense = OrtUpscaler(options.dense_graph, providers=prov, threads=options.threads)
         return cls(runner, options, dense)
 
@@ -237,17 +238,29 @@ class Upscaler:
         return out[..., 0] if squeeze else out
 
     def _runner_for(self, x: np.ndarray) -> OrtUpscaler:
-        """The graph for ``x``: the accelerated one, or with ``dense_graph`` the dense one where the whole-image
-        mask is denser than ``DENSE_ABOVE_DENSITY`` (the mask stage runs once more: ~1 % of a dense run)."""
+        """The graph for ``x``: the accelerated one, or with ``dense_graph`` the dense one where
+        ``amsr.sparse.auto.runs_dense`` says so (the mask stage runs once more: 1–3 % of a dense run)."""
         if self._dense is None:
             return self._ort
-        from amsr.sparse.rows import DENSE_ABOVE_DENSITY
+        from amsr.sparse.auto import needs_mask, runs_dense
 
-        density = float(self._ort.masks(x)["mask"].mean())
-        use_dense = density > DENSE_ABOVE_DENSITY
+        execution = self.execution
+        if not needs_mask(execution):
+            use_dense = True
+            log.debug("%s execution: running the dense graph", execution)
+        else:
+            density = float(self._ort.masks(x)["mask"].mean())
+            use_dense = runs_dense(execution, density)
+            log.debug("mask density %.3f: running the %s graph", density, "dense" if use_dense else "accelerated")
         self.last_ran = "dense" if use_dense else "accelerated"
-        log.debug("mask density %.3f: running the %s graph", density, self.last_ran)
         return self._dense if use_dense else self._ort
+
+    @property
+    def execution(self) -> str:
+        """How the graph runs (``amsr.execution`` metadata): ``rows``, ``windows``, ``stages``; ``dense``."""
+        if not self.accelerated:
+            return "dense"
+        return str(self._ort.metadata.get("amsr.execution", "stages"))
 
     def _tiles(self, x: np.ndarray) -> Iterable[Tile]:
         """The network's output on ``x`` (1×3×H×W): one whole tile, or ``OrtUpscaler.tiles``."""
@@ -384,10 +397,10 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
 
 def dense_fallback(path: Path, name: str, scale: int, **cache: Any) -> Path | None:
     """The dense graph ``auto`` needs next to the accelerated graph ``path`` (exported once, cached like it),
-    or ``None`` when ``path`` is not a row graph (only row graphs lose to dense on dense images)."""
+    or ``None`` when ``path`` is itself dense."""
     from amsr.export.metadata import read_metadata
 
-    if read_metadata(path).get("amsr.execution") != "rows":
+    if read_metadata(path).get("amsr.kind") != "accelerated":
         return None
     return exported_model_path(name, scale, accelerated=False, **cache)
 

@@ -8,7 +8,7 @@
    Set5 images and a 160×240 centre crop of the first ``--parity-photos`` photos, the dense graph on Set5.
 3. upscale: a few Photos2K x4 photos and Set5 x4 with onnxruntime on the CPU, the dense graph and the
    accelerated one as the product runs it (``Upscaler`` with ``auto``: the row graph where the mask density
-   is ≤ ``amsr.sparse.rows.DENSE_ABOVE_DENSITY``, else the dense graph after the mask stage), interleaved per image in
+   is ≤ ``amsr.sparse.auto.DENSE_ABOVE_DENSITY``, else the dense graph after the mask stage), interleaved per image in
    the same run (the order alternates per round), one warm-up round, median of ``--repeats`` rounds
    (``--small-repeats`` for Set5's small crops).
 4. report: per image and per set — Y-PSNR against HR (``amsr.io.metrics.psnr_y``, ``scale`` px shaved) dense
@@ -501,7 +501,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from amsr.files import check_writable_dir, save_bytes
     from amsr.io.images import save_png
     from amsr.models import load_model
-    from amsr.sparse.rows import DENSE_ABOVE_DENSITY
+    from amsr.sparse.auto import DENSE_ABOVE_DENSITY
 
     t_start = time.perf_counter()
     check_writable_dir(cfg.out, "--out")
@@ -523,7 +523,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "operating_point": {"mask_config": graphs["config"].to_json(), "source": graphs["source"]},
         "graphs": {"accelerated": str(graphs["accelerated"]), "dense": str(graphs["dense"]),
                    "copies": graphs["copies"], "execution": graphs["execution"], "export_s": graphs["export_s"]},
-        "parity": parity, "dense_above_density": DENSE_ABOVE_DENSITY, "quality_budget_db": QUALITY_BUDGET_DB,
+        "parity": parity, "dense_above_density": DENSE_ABOVE_DENSITY["rows"], "quality_budget_db": QUALITY_BUDGET_DB,
         "timing": {"backend": f"onnxruntime {ort.__version__}", "providers": "CPU",
                    "threads": cfg.threads or "one per core",
                    "cores": os.cpu_count(), "warmup": cfg.warmup, "repeats": cfg.repeats,

@@ -177,9 +177,11 @@ def _run_summary(args: argparse.Namespace, onnx: Path, options: RunOptions, scor
     if read_metadata(onnx).get("amsr.kind") == "accelerated":
         how += ", a mask per tile" if options.per_tile_mask and options.tile is not None else ", one mask per image"
     if options.dense_graph is not None:
-        from amsr.sparse.rows import DENSE_ABOVE_DENSITY
+        from amsr.sparse.auto import dense_above, needs_mask
 
-        how += f", the dense graph for images of mask density > {DENSE_ABOVE_DENSITY:g}"
+        execution = read_metadata(onnx).get("amsr.execution", "stages")
+        how += (f", the dense graph for images of mask density > {dense_above(execution):g}" if needs_mask(execution)
+                else f", the dense graph for every image ({execution} graphs are slower than dense: amsr.sparse.auto)")
     if args.onnx is None:
         checked = "the exported graphs matched PyTorch when exported"
     else:
@@ -292,7 +294,7 @@ def _run(args: argparse.Namespace) -> int:
     written = compare_failed = 0
     if plan.todo:
         onnx = _onnx_path(args)
-        if args.onnx is None and not args.dense:  # auto: a row graph runs dense images on the dense graph
+        if args.onnx is None and not args.dense:  # auto: the dense graph where it is the faster (amsr.sparse.auto)
             from dataclasses import replace
 
             from amsr.runtime.upscaler import dense_fallback

@@ -12,11 +12,11 @@ Strategies (how the accelerated network runs its masked convs):
 - ``tile``: ``amsr.sparse.tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
 - ``rows``: ``amsr.sparse.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
   output blend; other models have no row program).
-- ``auto``: per image, from the mask. Where a row program exists, the mask density ``d`` decides: ``d ≤
-  ROWS_BREAK_EVEN`` runs the row graph under the whole-image masks (graph inputs, so the mask is computed
-  once), otherwise the dense network. Else the active tile fraction ``f`` decides: ``f ≤ break_even`` runs the
-  tile network under the mask, otherwise the dense network. Window selection (transformers) runs unless its
-  effective GMACs exceed ``WINDOWS_BREAK_EVEN`` of the dense ones. Dense is never slower than dense beyond
+- ``auto``: per image, from the mask, as the product chooses (``amsr.sparse.auto``). A row program runs
+  under the whole-image masks (graph inputs, so the mask is computed once) and window selection runs where the
+  mask density is at most ``amsr.sparse.auto.DENSE_ABOVE_DENSITY`` of that execution, otherwise the dense
+  network after the mask stage. Else (``tile``) the active tile fraction ``f`` decides: ``f ≤ break_even``
+  runs the tile network under the mask, otherwise the dense network. Dense is never slower than dense beyond
   the mask stage, and its effective GMACs are the dense ones.
   ``break_even`` is the tile fraction at which the tile network's masked stages cost as much as the dense
   convs they replace: ``f* = (t_dense_convs − t_fixed) / t_dense_convs`` with ``t_fixed`` the per-stage
@@ -48,7 +48,8 @@ from amsr.io.images import lr_images, read_rgb8, to_tensor
 from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel, unwrap_accelerated
 from amsr.sparse.pixel import MaskedConv2d
-from amsr.sparse.rows import DENSE_ABOVE_DENSITY, row_program
+from amsr.sparse.auto import dense_above
+from amsr.sparse.rows import row_program
 from amsr.sparse.tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
 
 if TYPE_CHECKING:
@@ -57,14 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "pixel", "tile", "rows")
-# Mask density above which ``auto`` runs the dense network instead of a row program (ORT CPU, 2 threads).
-ROWS_BREAK_EVEN = DENSE_ABOVE_DENSITY
-# Effective-GMACs ratio above which ``auto`` runs the dense network instead of window selection (ORT CPU):
-# the window graph's time ratio tracks its GMACs ratio within −0.07…+0.09 on photos (IMDTN x4 10 / 6: 0.40 at
-# 0.47 … 0.97 at 0.88, results/bench/photos/imdtn_x4_photos2k_default_auto.json) but not on small images with a
-# fixed cost to amortise: Set14 img_004 (90 ms dense) took 1.45× dense at 0.897 (and 1.07 in an earlier run),
-# img_011 0.84 at 0.82. Above 0.85 it runs dense.
-WINDOWS_BREAK_EVEN = 0.85
 # Active-tile fraction above which ``auto`` runs the dense network (see module docstring; ORT CPU, 2 threads).
 # CARN-M: the tile stages' fixed cost alone (Pad/Transpose/ScatterND/Slice of the full map, plus the NCHWc
 # Reorder nodes onnxruntime inserts around every non-conv stage) exceeds what its cheap grouped convs cost
@@ -324,8 +317,8 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     # The exported graph computes the tail densely (export/exportable.py): count what it computes.
     sparse_tail = sparse_tail and backend == "pytorch"
     be = break_even if break_even is not None else default_break_even(model.arch.id, dev.type)
-    rows_be = break_even if break_even is not None else ROWS_BREAK_EVEN
-    windows_be = break_even if break_even is not None else WINDOWS_BREAK_EVEN
+    rows_be = break_even if break_even is not None else dense_above("rows")
+    windows_be = break_even if break_even is not None else dense_above("windows")
     paths_img = lr_images(data)[: limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     total, done = len(xs) * (1 + warmup + repeats), 0
@@ -350,17 +343,11 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
             m = v.mask(x)
             f_tile = active_tile_fraction(m, tile)
             _, dense_macs = run_counting_macs(v.dense, x)
-            amsr_macs = run_counting_macs(v.amsr, x)[1] if v.path == "windows" else 0
-            if v.path == "rows":
-                use_dense = strategy == "auto" and float(m.mean()) > rows_be
-            elif v.path == "windows":
-                use_dense = strategy == "auto" and amsr_macs > windows_be * dense_macs
+            if v.path in ("rows", "windows"):
+                use_dense = strategy == "auto" and float(m.mean()) > (rows_be if v.path == "rows" else windows_be)
             else:
                 use_dense = strategy == "auto" and v.tile_net is not None and f_tile > be
-            if use_dense:
-                amsr_macs = dense_macs
-            elif v.path != "windows":
-                amsr_macs = run_counting_macs(v.amsr, x)[1]
+            amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
             rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
                          "path": "dense" if use_dense else v.path,
@@ -376,8 +363,10 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
         arrays = [x.cpu().numpy() for x in xs]
 
         def amsr_call(i: int) -> Callable[[], Any]:
-            if strategy == "auto" and rows[i]["path"] == "dense":  # mask stage, then the dense graph
-                return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))
+            if strategy == "auto" and rows[i]["path"] == "dense":
+                if v.path == "tile" and be < 0:  # as the product's stage graphs: dense, no mask (amsr.sparse.auto)
+                    return lambda: ort.run("dense", arrays[i])
+                return lambda: (ort.run("mask", arrays[i]), ort.run("dense", arrays[i]))  # mask stage, then dense
             if strategy != "auto" or v.path == "windows" or (v.tile_net is None and v.path != "rows"):
                 return lambda: ort.run("amsr", arrays[i])
             return lambda: ort.run("masked", arrays[i], ort.masks(arrays[i]))
@@ -393,6 +382,8 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
 
         def amsr_torch(i: int) -> Callable[[], Any]:
             if strategy == "auto" and rows[i]["path"] == "dense":
+                if v.path == "tile" and be < 0:
+                    return torch_call(v.dense, xs[i])
                 return lambda: (torch_call(v.mask, xs[i])(), torch_call(v.dense, xs[i])())
             return torch_call(v.amsr, xs[i])
 

@@ -14,15 +14,6 @@ from amsr.errors import UnsupportedModelError
 from amsr.surgery import AcceleratedSR
 from amsr.zoo.carn_arch import CARN
 
-# Mask density above which a row graph is slower than the dense network (onnxruntime CPU, 2 threads), set
-# from the block-diagonal row convs, whose 3×3 conv cost ~3.6× the dense conv per pixel: CARN-M x4 (then
-# d_net 4 / d_out 3) measured row/dense ≈ 2.3·density per Photos2K image, 0.94 at density 0.39, 1.02 at 0.49.
-# The row graph now (group-major convs, block exit taps, Gemm-chain fuses) costs 1.5–1.8·density on the
-# eight Photos2K rows images (density 0.05–0.24), so its break-even is near 0.55 and 0.40 errs towards dense;
-# no Photos2K image lies between 0.25 and 0.46 to place it better. ``auto`` (amsr-bench, the Upscaler) runs
-# the dense network above it.
-DENSE_ABOVE_DENSITY = 0.40
-
 
 def row_program(acc: AcceleratedSR) -> nn.Module | None:
     """The row execution of ``acc``, or ``None`` where there is none (not a CARN / CARN-M, no output blend,
