@@ -5,7 +5,8 @@ The public API, for a zoo model and for your own network::
     import amsr
     model = amsr.load_model("carn_m", 4)                      # a zoo network with its official weights
     fast = model.accelerated(amsr.MaskConfig(dilation=4, output_dilation=1))
-    acc = amsr.accelerate(my_net, amsr.find_identity_convs(my_net), amsr.MaskConfig())
+    mine, plan = amsr.user_model(my_net, scale=4, input_range=255)  # your own network, as a LoadedModel
+    print(plan.summary())                                     # what is made sparse, what is not, and why
 
 The names resolve at first use (PEP 562), so ``import amsr`` — and every CLI's ``--help`` — does not import
 torch. Layers (README, Layout): ``amsr.masking`` → ``amsr.sparse`` → surgery/zoo → ``amsr.export`` →
@@ -27,6 +28,11 @@ _API: dict[str, str] = {
     "find_identity_convs": "amsr.surgery",
     "AcceleratedSR": "amsr.surgery",
     "MaskConfig": "amsr.masking.mask",
+    "user_model": "amsr.user_model",
+    "plan_acceleration": "amsr.user_model",
+    "AccelerationPlan": "amsr.user_model",
+    "SizeRequirements": "amsr.zoo.descriptor",
+    "SparseRules": "amsr.zoo.descriptor",
     "AmsrError": "amsr.errors",
     "UnsupportedModelError": "amsr.errors",
     "CheckpointError": "amsr.errors",
@@ -35,9 +41,10 @@ _API: dict[str, str] = {
     "ExportError": "amsr.errors",
 }
 
-__all__ = ["AcceleratedSR", "AmsrError", "BackendUnavailableError", "CheckpointError", "ExportError",
-           "InputImageError", "LoadedModel", "MaskConfig", "UnsupportedModelError", "__version__", "accelerate",
-           "find_identity_convs", "load_model"]
+__all__ = ["AccelerationPlan", "AcceleratedSR", "AmsrError", "BackendUnavailableError", "CheckpointError",
+           "ExportError", "InputImageError", "LoadedModel", "MaskConfig", "SizeRequirements", "SparseRules",
+           "UnsupportedModelError", "__version__", "accelerate", "find_identity_convs", "load_model",
+           "plan_acceleration", "user_model"]
 
 if TYPE_CHECKING:
     from amsr.errors import (
@@ -51,6 +58,8 @@ if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel, load_model
     from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
+    from amsr.user_model import AccelerationPlan, plan_acceleration, user_model
+    from amsr.zoo.descriptor import SizeRequirements, SparseRules
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ its layers the method may make sparse (``rules``). Everything else in amsr reads
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -65,6 +65,15 @@ class SparseRules:
     min_blend_margin: int | None = None
     min_output_dilation: int = 1
     tail: Callable[[int], list[tuple[str, int]]] | None = None
+
+    def prefixed(self, prefix: str) -> SparseRules:
+        """The same rules for the network mounted at ``prefix`` inside another module (e.g. ``"net."``)."""
+        if not prefix:
+            return self
+        tail = self.tail
+        return replace(self, convs=tuple(prefix + p for p in self.convs),
+                       windows=tuple(prefix + p for p in self.windows),
+                       tail=None if tail is None else (lambda s: [(prefix + n, r) for n, r in tail(s)]))
 
 
 @dataclass(frozen=True)

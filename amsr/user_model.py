@@ -1,0 +1,166 @@
+"""Your own network as a ``LoadedModel``, so that every tool takes it as it takes a zoo model: the accelerated
+form with the output blend, calibration of an operating point (``amsr.tools.calibrate``), effective-MAC
+counting (``amsr.cost``), ONNX export and parity (``amsr.export``, ``amsr.runtime``)::
+
+    model, plan = amsr.user_model(net, scale=4, input_range=255)
+    print(plan.summary())                 # what was made sparse, what was not, and why
+    fast = model.accelerated(amsr.MaskConfig(dilation=4, output_dilation=1))
+
+``plan_acceleration`` finds what the method can reach by one probe forward: every 3×3 identity-shaped conv
+(``find_identity_convs``) that runs at the input's resolution (the mask's; a conv of a downsampled branch or
+at HR would get a resized mask, which cost 17–18 dB on two user networks in issue #16), and every window
+block amsr has a masked layer for (``surgery.WINDOW_LAYERS``). Everything else is listed with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amsr.errors import UnsupportedModelError
+from amsr.models import LoadedModel
+from amsr.sparse.pixel import check_maskable_conv
+from amsr.surgery import WINDOW_LAYERS
+from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules
+from amsr.zoo.padding import padded_size
+
+# Probe input side: large enough for typical window sizes (8, 16) and downsampling branches to show their
+# own resolution, small enough to run in well under a second on a CPU.
+PROBE_PX = 48
+
+
+class InputRange(nn.Module):
+    """A network that takes [0, ``value_range``] (e.g. 255) as one that takes and returns [0, 1], which is what
+    the mask and the output blend expect."""
+
+    def __init__(self, net: nn.Module, value_range: float) -> None:
+        super().__init__()
+        if not value_range > 0:
+            raise ValueError(f"input_range must be > 0, got {value_range}")
+        self.net = net
+        self.value_range = float(value_range)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x * self.value_range) / self.value_range
+
+
+@dataclass(frozen=True)
+class AccelerationPlan:
+    """What ``plan_acceleration`` found: the layers to make sparse and the ones left dense, with reasons.
+
+    Attributes:
+        convs: qualified names of the body convs that become masked convs.
+        windows: qualified names of the window blocks that get window selection.
+        refused: (name, reason) of every conv or block not taken.
+    """
+
+    convs: tuple[str, ...] = ()
+    windows: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = field(default=())
+    prefix: str = ""  # where the user's network sits in the module that runs it (``InputRange``: "net.")
+
+    @property
+    def rules(self) -> SparseRules:
+        """The plan as surgery rules on the module that runs it (exact names, no patterns)."""
+        return SparseRules(convs=self.convs, windows=self.windows).prefixed(self.prefix)
+
+    def summary(self) -> str:
+        """A few lines: counts, the sparse layers, and each refused layer with its reason."""
+        lines = [f"{len(self.convs)} masked conv(s), {len(self.windows)} window block(s), "
+                 f"{len(self.refused)} layer(s) left dense"]
+        if self.convs:
+            lines.append("masked convs: " + ", ".join(self.convs))
+        if self.windows:
+            lines.append("window blocks: " + ", ".join(self.windows))
+        lines += [f"dense: {name}: {reason}" for name, reason in self.refused]
+        return "\n".join(lines)
+
+
+def plan_acceleration(net: nn.Module, size: SizeRequirements | None = None, probe_px: int = PROBE_PX,
+                      prefix: str = "") -> AccelerationPlan:
+    """Find what AMSR can make sparse in ``net`` (forward: N×3×H×W [0, 1] → SR) by one forward on a random
+    ``probe_px``² input (padded to ``size``), recording the resolution every conv runs at. ``prefix``: names
+    under it are reported without it (the user's own names inside a wrapper)."""
+    side = padded_size(probe_px, size or SizeRequirements())
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # None: the input is unchanged
+            h, w = args[0].shape[-2:]
+            seen.setdefault(name, (int(h), int(w)))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)))
+    finally:
+        for h in hooks:
+            h.remove()
+    windows = [n for n, m in net.named_modules() if n and type(m) in WINDOW_LAYERS]
+    convs: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for name, m in net.named_modules():
+        if not isinstance(m, nn.Conv2d):
+            continue
+        if any(name.startswith(w + ".") for w in windows):
+            continue  # a window block is masked as a whole
+        try:
+            check_maskable_conv(m, name)
+        except UnsupportedModelError as e:
+            if m.kernel_size != (1, 1):  # 1×1 convs are cheap and never identity-skippable: not worth a line
+                refused.append((name, str(e).split(": ", 1)[-1]))
+            continue
+        at = seen.get(name)
+        if at is None:
+            refused.append((name, "not called by forward"))
+        elif at != (side, side):
+            refused.append((name, f"runs at {at[0]}×{at[1]}, not the input's {side}×{side} (the mask's resolution)"))
+        else:
+            convs.append(name)
+    cut = len(prefix)
+    return AccelerationPlan(tuple(c[cut:] for c in convs), tuple(w[cut:] for w in windows),
+                            tuple((n[cut:], r) for n, r in refused), prefix)
+
+
+def user_model(net: nn.Module, scale: int, *, input_range: float = 1.0, size: SizeRequirements | None = None,
+               rules: SparseRules | None = None, name: str = "user",
+               weights: str | Path | None = None) -> tuple[LoadedModel, AccelerationPlan]:
+    """Your network as a ``LoadedModel`` and the plan of what its ``accelerated(config)`` makes sparse.
+
+    Args:
+        net: a pretrained SR network, forward N×3×H×W RGB → N×3×sH×sW (kept as is; copies are accelerated).
+        scale: its upscaling factor.
+        input_range: the value of white in its input and output (1 for [0, 1], 255 for [0, 255]).
+        size: the input sizes it needs (``SizeRequirements``: multiple of its window size × downsampling);
+            amsr pads to them and crops back, so the mask is computed at the size the network runs at.
+        rules: the layers to make sparse (``SparseRules``: conv and window-block patterns, tail convs, in
+            ``net``'s own names); ``None``: the plan's.
+        name: the id reports and exports carry.
+        weights: the checkpoint file, for provenance in reports (nothing is read from it).
+
+    Raises:
+        UnsupportedModelError: nothing to make sparse, or ``rules`` naming a layer that cannot be.
+    """
+    if scale < 1:
+        raise ValueError(f"scale must be ≥ 1, got {scale}")
+    wrapped = net.eval() if input_range == 1 else InputRange(net, input_range).eval()
+    prefix = "" if wrapped is net else "net."
+    for p in wrapped.parameters():
+        p.requires_grad_(False)
+    size = size or SizeRequirements()
+    plan = plan_acceleration(wrapped, size, prefix=prefix)
+    if rules is None:
+        if not plan.convs and not plan.windows:
+            raise UnsupportedModelError(f"{name}: nothing amsr can make sparse ({len(plan.refused)} conv(s) left "
+                                        "dense: plan_acceleration(net).summary() says why)")
+        rules = plan.rules
+    else:
+        rules = rules.prefixed(prefix)
+    arch = Architecture(id=name, description=f"user model {type(net).__name__}", scales=(scale,), weights=(),
+                        detect=lambda sd: False, build=lambda sd, s: wrapped, size=size, rules=rules)
+    return LoadedModel(arch=arch, scale=scale, net=wrapped, weights=Path(weights or "<in memory>")), plan
