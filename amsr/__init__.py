@@ -28,9 +28,9 @@ _API: dict[str, str] = {
     "find_identity_convs": "amsr.surgery",
     "AcceleratedSR": "amsr.surgery",
     "MaskConfig": "amsr.masking.mask",
-    "user_model": "amsr.user_model",
-    "plan_acceleration": "amsr.user_model",
-    "AccelerationPlan": "amsr.user_model",
+    "user_model": "amsr.user_network",
+    "plan_acceleration": "amsr.user_network",
+    "AccelerationPlan": "amsr.user_network",
     "SizeRequirements": "amsr.zoo.descriptor",
     "SparseRules": "amsr.zoo.descriptor",
     "AmsrError": "amsr.errors",
@@ -58,10 +58,12 @@ if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel, load_model
     from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
-    from amsr.user_model import AccelerationPlan, plan_acceleration, user_model
+    from amsr.user_network import AccelerationPlan, plan_acceleration, user_model
     from amsr.zoo.descriptor import SizeRequirements, SparseRules
 
 
+# A public name must not also be a submodule of the package: importing that submodule (``pkgutil``, a test)
+# would rebind ``amsr.<name>`` to the module (``amsr.user_model`` is a function in ``amsr.user_network``).
 def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:

@@ -169,7 +169,7 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope],
 
 
 def _name_mask_tensors(graph: gs.Graph, mask_nodes: list[gs.Node], generator_nodes: set[int],
-                       net_dilation: int | None) -> None:
+                       net_dilation: int | None = None) -> None:
     """Rename the generator's output ``mask``, the NonZero rows ``mask/pixels`` and the shared index tensors."""
     import numpy as np
 

@@ -264,10 +264,11 @@ def test_stage_naming_needs_exporter_metadata() -> None:
         name_mask_subgraph(gs.import_onnx(_opset18_fixture()), {})
 
 
-@pytest.mark.parametrize("d_net, d_out", [(4, 3), (2, 0), (3, 3)])
+@pytest.mark.parametrize("d_net, d_out", [(4, 3), (2, 0), (3, 3), (1, 3), (0, 2)])
 def test_blend_masks_are_told_apart_by_their_dilation(d_net: int, d_out: int) -> None:
     """The output blend's mask stage ends in two masks: the network mask (``mask``, the sparse stages index it,
-    whichever strategy) is the more dilated one; the other is ``mask/output``."""
+    whichever strategy) has the network's dilation — the more dilated one with published weights, the less
+    dilated one for a fine-tuned wide blend (d_out > d_net); the other is ``mask/output``."""
     from amsr.export.passes import _name_mask_tensors
 
     x = gs.Variable("lr", np.float32, [1, 1, 8, 8])
@@ -285,7 +286,7 @@ def test_blend_masks_are_told_apart_by_their_dilation(d_net: int, d_out: int) ->
     later = [gs.Node("Identity", f"net{i}", inputs=[t], outputs=[gs.Variable(f"y{i}", np.float32)])
              for i, t in enumerate(outs)]
     graph = gs.Graph(nodes=nodes + later, inputs=[x], outputs=[n.outputs[0] for n in later])
-    _name_mask_tensors(graph, nodes, {id(n) for n in nodes})
+    _name_mask_tensors(graph, nodes, {id(n) for n in nodes}, net_dilation=d_net)
     assert outs[0].name == "mask" and outs[1].name == "mask/output"
 
 

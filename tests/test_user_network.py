@@ -94,3 +94,14 @@ def test_window_blocks_are_found_and_their_convs_left_to_the_block() -> None:
     assert sum(isinstance(m, MaskedSwinBlock) for m in acc.modules()) == len(plan.windows)
     with torch.no_grad():
         assert acc(_textured()).shape == (1, 3, 64, 80)
+
+
+def test_public_names_are_not_shadowed_by_submodules() -> None:
+    """Importing every submodule (as pkgutil or a test does) must leave each public name what it was."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(amsr.__path__):
+        assert info.name not in amsr._API, f"amsr.{info.name} is both a public name and a submodule"
+        importlib.import_module(f"amsr.{info.name}")
+    assert callable(amsr.user_model) and not isinstance(amsr.user_model, type(amsr))
