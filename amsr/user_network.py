@@ -14,6 +14,9 @@ block amsr has a masked layer for (``surgery.WINDOW_LAYERS``). Everything else i
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.checkpoint import load_checkpoint
+from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.models import LoadedModel
 from amsr.sparse.pixel import check_maskable_conv
 from amsr.surgery import WINDOW_LAYERS
@@ -164,3 +168,41 @@ def user_model(net: nn.Module, scale: int, *, input_range: float = 1.0, size: Si
     arch = Architecture(id=name, description=f"user model {type(net).__name__}", scales=(scale,), weights=(),
                         detect=lambda sd: False, build=lambda sd, s: wrapped, size=size, rules=rules)
     return LoadedModel(arch=arch, scale=scale, net=wrapped, weights=Path(weights or "<in memory>")), plan
+
+
+def network_from_factory(spec: str, weights: str | os.PathLike[str] | None = None) -> nn.Module:
+    """The network ``PKG.MOD:FACTORY`` builds (``FACTORY()`` → ``nn.Module``; the module importable from the
+    current directory or ``sys.path``), with ``weights`` (a checkpoint, unwrapped as ``load_checkpoint`` does)
+    loaded strictly.
+
+    Raises:
+        UnsupportedModelError: a malformed spec, a module that does not import, a missing or failing factory,
+            or a factory that returns no ``nn.Module``.
+        CheckpointError: the checkpoint is unreadable or does not fit the network (missing/unexpected keys).
+    """
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UnsupportedModelError(f"--module wants PKG.MOD:FACTORY (e.g. mynets.edsr:build), got {spec!r}")
+    if os.getcwd() not in sys.path:  # ``python -m``'s rule: the current directory is importable
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or anything the user's module raises at import
+        raise UnsupportedModelError(f"cannot import {module_name}: {type(e).__name__}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UnsupportedModelError(f"{module_name} has no callable {attr!r}")
+    try:
+        net = factory()
+    except Exception as e:
+        raise UnsupportedModelError(f"{spec}() failed: {type(e).__name__}: {e}") from e
+    if not isinstance(net, nn.Module):
+        raise UnsupportedModelError(f"{spec}() returned {type(net).__name__}, not a torch nn.Module")
+    if weights is not None:
+        state = load_checkpoint(weights)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:  # torch lists every key over many lines: keep the first
+            what = " ".join(line.strip() for line in str(e).splitlines()[1:2])[:300]
+            raise CheckpointError(f"{weights} does not fit {spec}(): {what}") from e
+    return net.eval()

@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amsr.cli.common import DEFAULT_BUDGET_DB, add_model_args, add_verbose_arg, load_model, parser, run_main, write_json
+from amsr.cli.common import (
+    DEFAULT_BUDGET_DB,
+    UsageError,
+    add_model_args,
+    add_verbose_arg,
+    load_model,
+    model_from_args,
+    parser,
+    run_main,
+    write_json,
+)
 from amsr.errors import AmsrError
 
 if TYPE_CHECKING:
@@ -29,8 +39,10 @@ def add_calibration_args(p: argparse._ActionsContainer) -> None:  # a parser or 
 def build_parser() -> argparse.ArgumentParser:
     p = parser("amsr-calibrate", __doc__,
                "amsr-calibrate --model carn_m --scale 4 --images my_photos/ --json carn_m_x4_op.json",
-               "amsr-upscale my_photos/ --out up/ --model carn_m --scale 4 --operating-point carn_m_x4_op.json")
-    add_model_args(p)
+               "amsr-upscale my_photos/ --out up/ --model carn_m --scale 4 --operating-point carn_m_x4_op.json",
+               "amsr-calibrate --module mynets.edsr:build --weights edsr_x4.pth --input-range 255 --scale 4 "
+               "--images my_photos/ --json edsr_op.json")
+    add_model_args(p, user_module=True)
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of HR calibration images")
     p.add_argument("--budget", default=str(DEFAULT_BUDGET_DB), metavar="DB",
                    help=f"largest mean Y-PSNR loss allowed, dB (default {DEFAULT_BUDGET_DB})")
@@ -51,8 +63,10 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> Operatin
     from amsr.tools.calibrate import choose_operating_point, load_calibration
 
     pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
-    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    model = model_from_args(args)
     ref_weights = getattr(args, "reference_weights", None)
+    if ref_weights and getattr(args, "module", None):
+        raise UsageError("--reference-weights is for zoo models (--model)")
     reference = load_model(args.model, args.scale, weights=ref_weights, variant=args.variant) if ref_weights else None
     progress = (lambda s: print(f"calibrating {s}", file=sys.stderr)) if getattr(args, "verbose", False) else None
     op = choose_operating_point(model, pairs, budget, progress=progress, reference=reference)
@@ -70,11 +84,11 @@ def _run(args: argparse.Namespace) -> int:
     op = calibrate(args, args.images, budget)
     write_json(args.json, op.to_json())
     if op.chosen is None:
-        print(f"{args.model} x{args.scale}: no setting stays within {budget} dB on "
+        print(f"{op.model} x{args.scale}: no setting stays within {budget} dB on "
               f"{op.calibration['images']} image(s): use the dense model")
     else:
         c = op.chosen
-        print(f"{args.model} x{args.scale}: dilation {c.config.dilation}, output_dilation "
+        print(f"{op.model} x{args.scale}: dilation {c.config.dilation}, output_dilation "
               f"{c.config.output_dilation}, window_threshold {c.config.window_threshold}: "
               f"{-c.loss_db:+.3f} dB, {100 * c.saved:.1f}% GMACs saved on {op.calibration['images']} image(s)")
     return 0

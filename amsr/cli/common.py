@@ -75,12 +75,23 @@ class ModelName(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
-def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True, user_module: bool = False) -> None:
+    """``--model``, ``--scale``, ``--variant``, ``--weights``; with ``user_module`` also ``--module`` (your own
+    network instead of a zoo model: ``model_from_args``), ``--input-range`` and ``--multiple-of``."""
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=required, action=ModelName, metavar="NAME",
-                   help=f"zoo model{'' if required else ' (or --onnx FILE)'}: {', '.join(MODEL_NAMES)}")
+    alternative = " (or --module)" if user_module else "" if required else " (or --onnx FILE)"
+    g.add_argument("--model", required=required and not user_module, action=ModelName, metavar="NAME",
+                   help=f"zoo model{alternative}: {', '.join(MODEL_NAMES)}")
     g.add_argument("--scale", type=int, required=required,
                    help=f"upscaling factor: 2, 3 or 4{'' if required else ' (with --model)'}")
+    if user_module:
+        g.add_argument("--module", metavar="PKG.MOD:FACTORY",
+                       help="your own network instead of a zoo model: FACTORY() returns the nn.Module (importable "
+                            "from the current directory); --weights is loaded into it strictly (default: none, --model)")
+        g.add_argument("--input-range", type=float, default=1.0, metavar="WHITE",
+                       help="--module: the value of white in its input and output (default 1; 255 for [0, 255])")
+        g.add_argument("--multiple-of", type=int, default=1, metavar="PX",
+                       help="--module: its input H and W must be a multiple of this (amsr pads and crops back; default 1)")
     g.add_argument("--variant", default="", help="model variant: swinir classical (default), lightweight or real; "
                                                  "the other models have one")
     g.add_argument("--weights", type=Path, metavar="FILE",
@@ -222,6 +233,29 @@ def _check_weights_sha(onnx: Path, meta: Mapping[str, str], weights: Path) -> No
     if got != recorded:
         raise CheckpointError(f"{weights} (sha256 {got[:12]}…) is not the checkpoint {onnx.name} was exported "
                               f"from (sha256 {recorded[:12]}…): pass that file with --weights")
+
+
+def model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model a command line names: ``--model`` (zoo) or ``--module`` (``amsr.user_network``: the plan of
+    what is made sparse goes to stderr); exactly one of them."""
+    module = getattr(args, "module", None)
+    if (args.model is None) == (module is None):
+        raise UsageError("give --model NAME (a zoo model) or --module PKG.MOD:FACTORY (your own), not both")
+    if module is None:
+        return load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    if args.multiple_of < 1:
+        raise UsageError(f"--multiple-of must be ≥ 1, got {args.multiple_of}")
+    from amsr.user_network import network_from_factory, user_model
+    from amsr.zoo.descriptor import SizeRequirements
+
+    net = network_from_factory(module, args.weights)
+    try:
+        model, plan = user_model(net, args.scale, input_range=args.input_range, name=module,
+                                 size=SizeRequirements(multiple_of=args.multiple_of), weights=args.weights)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(plan.summary(), file=sys.stderr)
+    return model
 
 
 def load_model(name: str, scale: int, **kwargs: Any) -> LoadedModel:

@@ -20,8 +20,8 @@ Strategies (how the accelerated network runs its masked convs):
   the mask stage, and its effective GMACs are the dense ones.
   ``break_even`` is the tile fraction at which the tile network's masked stages cost as much as the dense
   convs they replace: ``f* = (t_dense_convs − t_fixed) / t_dense_convs`` with ``t_fixed`` the per-stage
-  gather/scatter/transposes at f → 0 (measured per model with the ORT profiler, ``BREAK_EVEN`` below; for
-  models not listed 0.5).
+  gather/scatter/transposes at f → 0 (measured per model with the ORT profiler: the descriptor's
+  ``SparseRules.tile_break_even``; 0.5 where not measured).
 
 GMACs are counted in PyTorch from the realised mask (``amsr.cost``), the tile path counting whole tiles.
 """
@@ -51,6 +51,7 @@ from amsr.sparse.pixel import MaskedConv2d
 from amsr.sparse.auto import dense_above
 from amsr.sparse.rows import row_program
 from amsr.sparse.tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
+from amsr.zoo.descriptor import SparseRules
 
 if TYPE_CHECKING:
     from amsr.export.cache_key import ExportKey
@@ -58,28 +59,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "pixel", "tile", "rows")
-# Active-tile fraction above which ``auto`` runs the dense network (see module docstring; ORT CPU, 2 threads).
-# CARN-M: the tile stages' fixed cost alone (Pad/Transpose/ScatterND/Slice of the full map, plus the NCHWc
-# Reorder nodes onnxruntime inserts around every non-conv stage) exceeds what its cheap grouped convs cost
-# dense, so f* < 0: auto never tiles it (measured Set14 x4, T=8: sparse stages 1162 ms/img + 717 ms/img of
-# extra Reorder in the profile vs ≤ 770 ms/img for the 18 dense grouped convs they replace).
-# IMDN (T=8, first 7 Set14 images): tile stages ≈ 95 ms/img of data movement + Reorder vs ≈ 72 ms/img for the 6
-# dense c1 convs (31 % of its MACs): f* < 0 as well.
-# PAN x4 default (T=16, Photos2K): the tile network measured 1.35–1.69× dense on every image it ran, even at
-# density 0.03–0.22 (gmacs_ratio 0.68–0.78; results/bench/photos/pan_x4_photos2k_default_auto.json): f* < 0.
-BREAK_EVEN: dict[str, float] = {"carn_m": -1.0, "imdn": -1.0, "pan": -1.0}
-DEFAULT_BREAK_EVEN = 0.5
 # PyTorch on CUDA (measured on an H200, results/bench/gpu): the tile network was slower than dense for every
 # CNN (CARN-M, PAN, IMDN) at every mask measured (ratio 2.4–16), and one tile conv costs 0.95–2.1× the dense
 # cuDNN conv even at 20 % density: auto runs the dense network on a GPU.
 CUDA_BREAK_EVEN = -1.0
 
 
-def default_break_even(model_id: str, device_type: str) -> float:
-    """The active-tile fraction above which ``auto`` runs the dense network, for a model on a device type."""
+def default_break_even(rules: SparseRules, device_type: str) -> float:
+    """The active-tile fraction above which ``auto`` runs the dense network, for an architecture (its
+    descriptor's ``SparseRules.tile_break_even``, measured on onnxruntime CPU) on a device type."""
     if device_type == "cuda":
         return CUDA_BREAK_EVEN
-    return BREAK_EVEN.get(model_id, DEFAULT_BREAK_EVEN)
+    return rules.tile_break_even
 
 
 @dataclass
@@ -316,7 +307,7 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     config = config or MaskConfig()
     # The exported graph computes the tail densely (export/exportable.py): count what it computes.
     sparse_tail = sparse_tail and backend == "pytorch"
-    be = break_even if break_even is not None else default_break_even(model.arch.id, dev.type)
+    be = break_even if break_even is not None else default_break_even(model.arch.rules, dev.type)
     rows_be = break_even if break_even is not None else dense_above("rows")
     windows_be = break_even if break_even is not None else dense_above("windows")
     paths_img = lr_images(data)[: limit or None]

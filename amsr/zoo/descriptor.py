@@ -58,6 +58,9 @@ class SparseRules:
         tail: ``tail(scale)`` → the tail convs (upsampler, reconstruction) in execution order, each as
             (qualified name, resolution factor vs LR), which run only where the output blend keeps the
             network (``amsr.sparse.tail``); ``None``: the tail runs densely.
+        tile_break_even: the active-tile fraction above which ``amsr-bench --strategy auto`` runs the dense
+            network instead of the tile network (onnxruntime CPU, measured with its profiler; negative:
+            the tiles never paid). 0.5 where not measured.
     """
 
     convs: tuple[str, ...] = ()
@@ -65,6 +68,7 @@ class SparseRules:
     min_blend_margin: int | None = None
     min_output_dilation: int = 1
     tail: Callable[[int], list[tuple[str, int]]] | None = None
+    tile_break_even: float = 0.5
 
     def prefixed(self, prefix: str) -> SparseRules:
         """The same rules for the network mounted at ``prefix`` inside another module (e.g. ``"net."``)."""

@@ -65,5 +65,8 @@ ARCH = Architecture(
     detect=_detect,
     build=build,
     # The three half-width 3×3 convs of every SCPA block; the 1×1 convs and the HR-resolution upsampler are not.
-    rules=SparseRules(convs=("SCPA_trunk.*.k1.0", "SCPA_trunk.*.PAConv.k3", "SCPA_trunk.*.PAConv.k4"), tail=_tail),
+    # Tiles never pay: x4 default, T=16, Photos2K: the tile network measured 1.35–1.69× dense on every image it
+    # ran, even at density 0.03–0.22 (gmacs_ratio 0.68–0.78; results/bench/photos/pan_x4_photos2k_default_auto.json).
+    rules=SparseRules(convs=("SCPA_trunk.*.k1.0", "SCPA_trunk.*.PAConv.k3", "SCPA_trunk.*.PAConv.k4"), tail=_tail,
+                      tile_break_even=-1.0),
 )

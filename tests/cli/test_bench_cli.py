@@ -118,12 +118,16 @@ def test_dense_tail_is_reported_and_counted_in_full(tmp_path: Path, data_dir: Pa
 
 
 def test_auto_break_even_per_model_and_device() -> None:
-    from amsr.tools.bench import BREAK_EVEN, DEFAULT_BREAK_EVEN, default_break_even
+    from amsr.tools.bench import default_break_even
+    from amsr.zoo import get_architecture
 
-    assert default_break_even("carn_m", "cpu") == BREAK_EVEN["carn_m"]
-    assert default_break_even("pan", "cpu") < 0  # measured: its tiles lost on every Photos2K image
-    assert default_break_even("fsrcnn", "cpu") == DEFAULT_BREAK_EVEN  # not measured on onnxruntime CPU
-    assert all(default_break_even(m, "cuda") < 0 for m in ("carn_m", "pan", "imdn"))  # dense on a GPU
+    def default_break_even_of(model: str, device: str) -> float:
+        return default_break_even(get_architecture(model).rules, device)
+
+    assert default_break_even_of("carn_m", "cpu") < 0 and default_break_even_of("imdn", "cpu") < 0
+    assert default_break_even_of("pan", "cpu") < 0  # measured: its tiles lost on every Photos2K image
+    assert default_break_even_of("fsrcnn", "cpu") == 0.5  # not measured on onnxruntime CPU
+    assert all(default_break_even_of(m, "cuda") < 0 for m in ("carn_m", "pan", "imdn"))  # dense on a GPU
 
 
 def test_bench_on_a_missing_folder_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,96 @@
+"""``amsr-calibrate --module PKG.MOD:FACTORY``: a user's own network calibrated from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from amsr.cli.calibrate import main
+
+NETWORK = '''
+import torch
+from torch import nn
+
+class Net(nn.Module):  # [0, 255] in and out, x2
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+        self.up = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2))
+    def forward(self, x):
+        return self.up(self.body(self.head(x / 255))) * 255
+
+def build():
+    return Net()
+
+def broken():
+    raise RuntimeError("no GPU here")
+'''
+
+
+@pytest.fixture(scope="module")
+def train_dir(data_dir: Path) -> Path:
+    folder = data_dir / "train"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found (set AMSR_DATA_DIR)")
+    return folder
+
+
+@pytest.fixture()
+def user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "mynet_cli.py").write_text(NETWORK)
+    monkeypatch.chdir(tmp_path)  # importable from the current directory, as the help says
+    monkeypatch.delitem(sys.modules, "mynet_cli", raising=False)
+    return tmp_path
+
+
+def _calibrate(train_dir: Path, out: Path, *extra: str) -> int:
+    return main(["--module", "mynet_cli:build", "--scale", "2", "--input-range", "255", "--images", str(train_dir),
+                 "--max-images", "2", "--crop", "32", "--json", str(out), *extra])
+
+
+def test_calibrates_a_user_module_with_its_weights(user_package: Path, train_dir: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    sys.path.insert(0, str(user_package))
+    try:
+        import mynet_cli  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(user_package))
+    weights = user_package / "net.pth"
+    torch.save(mynet_cli.build().state_dict(), weights)
+    out = user_package / "op.json"
+    assert _calibrate(train_dir, out, "--weights", str(weights)) == 0
+    captured = capsys.readouterr()
+    assert "2 masked conv(s)" in captured.err and "dense: head" in captured.err  # the plan
+    assert captured.out.startswith("mynet_cli:build x2: ")
+    op = json.loads(out.read_text())
+    assert op["model"] == "mynet_cli:build" and op["scale"] == 2 and op["calibration"]["images"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--module", "mynet_cli"], "--module wants PKG.MOD:FACTORY"),
+    (["--module", "no_such_module_here:build"], "cannot import no_such_module_here"),
+    (["--module", "mynet_cli:missing"], "has no callable 'missing'"),
+    (["--module", "mynet_cli:broken"], "mynet_cli:broken() failed: RuntimeError: no GPU here"),
+    (["--module", "mynet_cli:build", "--model", "carn_m"], "not both"),
+])
+def test_bad_modules_are_one_line(user_package: Path, train_dir: Path, capsys: pytest.CaptureFixture[str],
+                                  args: list[str], message: str) -> None:
+    code = main([*args, "--scale", "2", "--images", str(train_dir), "--max-images", "1", "--crop", "32",
+                 "--json", str(user_package / "op.json")])
+    err = capsys.readouterr().err
+    assert code != 0 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_weights_that_do_not_fit_are_one_line(user_package: Path, train_dir: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    weights = user_package / "other.pth"
+    torch.save({"head.weight": torch.zeros(8, 3, 3, 3)}, weights)
+    assert _calibrate(train_dir, user_package / "op.json", "--weights", str(weights)) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not fit mynet_cli:build()" in err and "Missing key" in err
