@@ -173,15 +173,18 @@ def _run_summary(args: argparse.Namespace, onnx: Path, options: RunOptions, scor
     """The line after the run: how the graph ran (tiles, masks, the dense fallback) and what was checked."""
     from amsr.export.metadata import read_metadata
 
-    how = "whole images" if options.tile is None else f"tiles ≤ {options.tile} px + {options.overlap} px overlap"
-    if read_metadata(onnx).get("amsr.kind") == "accelerated":
-        how += ", a mask per tile" if options.per_tile_mask and options.tile is not None else ", one mask per image"
-    if options.dense_graph is not None:
-        from amsr.sparse.auto import dense_above, needs_mask
+    from amsr.sparse.auto import dense_above, needs_mask
 
-        execution = read_metadata(onnx).get("amsr.execution", "stages")
-        how += (f", the dense graph for images of mask density > {dense_above(execution):g}" if needs_mask(execution)
-                else f", the dense graph for every image ({execution} graphs are slower than dense: amsr.sparse.auto)")
+    how = "whole images" if options.tile is None else f"tiles ≤ {options.tile} px + {options.overlap} px overlap"
+    meta = read_metadata(onnx)
+    execution = meta.get("amsr.execution", "stages")
+    if options.dense_graph is not None and not needs_mask(execution):  # no mask is computed at all
+        how += f", the dense graph for every image ({execution} graphs are slower than dense: amsr.sparse.auto)"
+    else:
+        if meta.get("amsr.kind") == "accelerated":
+            how += ", a mask per tile" if options.per_tile_mask and options.tile is not None else ", one mask per image"
+        if options.dense_graph is not None:
+            how += f", the dense graph for images of mask density > {dense_above(execution):g}"
     if args.onnx is None:
         checked = "the exported graphs matched PyTorch when exported"
     else:
