@@ -311,8 +311,12 @@ class OrtUpscaler:
         """The mask head over ``x`` in horizontal bands of ≈ ``band_px`` px, each with ``_blur_radius`` rows of
         halo cropped off: the N×1×H×W float32 high-frequency map."""
         n, _, h, w = x.shape
-        hf = np.empty((n, 1, h, w), dtype=np.float32)
         name = self._hf_session.get_outputs()[0].name
+        if self.metadata.get("amsr.mask_size") == "padded":
+            # The head pads the image to the model's size multiple first: each band would be padded on its own
+            # and the map has the padded size, so it runs on the whole image (IMDTN: a multiple of 6).
+            return self._hf_session.run([name], {self.input_name: x}, self._release_if(True))[0]
+        hf = np.empty((n, 1, h, w), dtype=np.float32)
         for b0, b1 in tile_bounds(h, max(1, band_px // w)):
             lo, hi = context(b0, b1, h, self._blur_radius)
             band = self._hf_session.run([name], {self.input_name: np.ascontiguousarray(x[:, :, lo:hi])},

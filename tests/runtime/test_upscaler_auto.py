@@ -83,7 +83,8 @@ def test_stage_graphs_run_the_dense_graph_without_a_mask(graphs: tuple[Path, Pat
 
 def test_window_graphs_fall_back_to_dense_on_dense_masks(weights_dir: Path, data_dir: Path) -> None:
     """IMDTN's window-selection graph (``amsr.execution = windows``) runs where the mask density is at most
-    ``dense_above("windows")`` and the dense graph elsewhere, each output equal to that graph's alone."""
+    ``dense_above("windows")`` and the dense graph elsewhere, each output equal to that graph's alone, also
+    untiled and tiled at sizes its window does not divide (its mask is computed after padding)."""
     from amsr.runtime.upscaler import RunOptions, Upscaler
     from tests.onnx_exports import exported_imdtn
 
@@ -93,7 +94,8 @@ def test_window_graphs_fall_back_to_dense_on_dense_masks(weights_dir: Path, data
     assert auto.execution == "windows"
     ran = set()
     # textured (density ≈ 1) and sky (≈ 0.01) crops
-    for name, rows, cols in (("img_005.png", slice(0, 48), slice(0, 60)), ("img_001.png", slice(0, 48), slice(200, 260))):
+    # odd sizes: the graph pads to a multiple of its 6-px window before the mask (amsr.mask_size = padded)
+    for name, rows, cols in (("img_005.png", slice(0, 47), slice(0, 61)), ("img_001.png", slice(0, 47), slice(200, 261))):
         image = _crop(data_dir, name, rows, cols)
         density = float(auto._ort.masks(image.transpose(2, 0, 1)[None].astype(np.float32) / 255)["mask"].mean())
         out = auto(image)
@@ -102,4 +104,6 @@ def test_window_graphs_fall_back_to_dense_on_dense_masks(weights_dir: Path, data
         ran.add(expect)
         alone = Upscaler.from_options(dense if expect == "dense" else windows, RunOptions(threads=1))(image)
         np.testing.assert_array_equal(out, alone)
+        tiled = Upscaler.from_options(windows, RunOptions(threads=1, tile=32, dense_graph=dense))
+        assert tiled(image).shape == out.shape and tiled.last_ran == expect
     assert ran == {"dense", "accelerated"}  # both branches exercised
