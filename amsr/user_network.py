@@ -137,7 +137,8 @@ def user_model(net: nn.Module, scale: int, *, input_range: float = 1.0, size: Si
     """Your network as a ``LoadedModel`` and the plan of what its ``accelerated(config)`` makes sparse.
 
     Args:
-        net: a pretrained SR network, forward N×3×H×W RGB → N×3×sH×sW (kept as is; copies are accelerated).
+        net: a pretrained SR network, forward N×3×H×W RGB → N×3×sH×sW; put in eval mode with its parameters
+            frozen, as ``load_model`` leaves a zoo network (``accelerated`` works on copies).
         scale: its upscaling factor.
         input_range: the value of white in its input and output (1 for [0, 1], 255 for [0, 255]).
         size: the input sizes it needs (``SizeRequirements``: multiple of its window size × downsampling);

@@ -113,6 +113,12 @@ def int_field(meta: Mapping[str, str], key: str, source: str) -> int | None:
     return _parse_int(meta[key], key, INT_FIELDS.get(key, 0), source) if key in meta else None
 
 
+def execution_field(meta: Mapping[str, str]) -> str:
+    """How an accelerated graph runs (``amsr.execution``: ``rows``, ``windows`` or ``stages``; graphs written
+    before the field existed ran stages), which ``amsr.sparse.auto`` keys on."""
+    return meta.get("amsr.execution", "stages")
+
+
 def mask_config_field(meta: Mapping[str, str], source: str) -> MaskConfig | None:
     """The ``amsr.mask_config`` of an accelerated graph as a ``MaskConfig`` (``None`` when absent);
     ``CheckpointError`` when its keys or values are not valid settings."""

@@ -251,7 +251,7 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
         carry a tensor named ``mask`` (N×1×H×W) that ``passes.expose_mask_output`` can make an output.
         Model metadata: ``amsr.kind`` (dense/accelerated/mask), ``amsr.scale``, ``amsr.min_input_size``,
         and for accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``,
-        ``amsr.execution`` (``rows`` or ``stages``).
+        ``amsr.execution`` (``rows``, ``windows`` or ``stages``: ``execution_of``).
 
     Raises:
         ExportError: the exporter failed, the graph is invalid, or it does not match PyTorch.

@@ -260,7 +260,9 @@ class Upscaler:
         """How the graph runs (``amsr.execution`` metadata): ``rows``, ``windows``, ``stages``; ``dense``."""
         if not self.accelerated:
             return "dense"
-        return str(self._ort.metadata.get("amsr.execution", "stages"))
+        from amsr.export.metadata import execution_field
+
+        return execution_field(self._ort.metadata)
 
     def _tiles(self, x: np.ndarray) -> Iterable[Tile]:
         """The network's output on ``x`` (1×3×H×W): one whole tile, or ``OrtUpscaler.tiles``."""

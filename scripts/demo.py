@@ -8,7 +8,7 @@
    Set5 images and a 160×240 centre crop of the first ``--parity-photos`` photos, the dense graph on Set5.
 3. upscale: a few Photos2K x4 photos and Set5 x4 with onnxruntime on the CPU, the dense graph and the
    accelerated one as the product runs it (``Upscaler`` with ``auto``: the row graph where the mask density
-   is ≤ ``amsr.sparse.auto.DENSE_ABOVE_DENSITY``, else the dense graph after the mask stage), interleaved per image in
+   is ≤ ``amsr.sparse.auto.dense_above("rows")``, else the dense graph after the mask stage), interleaved per image in
    the same run (the order alternates per round), one warm-up round, median of ``--repeats`` rounds
    (``--small-repeats`` for Set5's small crops).
 4. report: per image and per set — Y-PSNR against HR (``amsr.io.metrics.psnr_y``, ``scale`` px shaved) dense
@@ -116,7 +116,7 @@ def say(msg: str = "") -> None:
 
 def export_graphs(cfg: DemoConfig) -> dict[str, Any]:
     """The shipped default and the dense graph (cached exports), copied into ``cfg.out``."""
-    from amsr.export.metadata import read_metadata
+    from amsr.export.metadata import execution_field, read_metadata
     from amsr.files import save_with
     from amsr.operating_point import shipped_default_or_dense
     from amsr.runtime.upscaler import dense_fallback, export_cache_path, exported_model_path
@@ -148,9 +148,9 @@ def export_graphs(cfg: DemoConfig) -> dict[str, Any]:
         copies[kind] = str(dest)
         say(f"  {kind}: {dest} ({src.stat().st_size / 1e6:.1f} MB; cache {src})")
     export_s = time.perf_counter() - t0
-    say(f"  execution of the accelerated graph: {meta.get('amsr.execution', 'stages')}; {export_s:.1f} s")
+    say(f"  execution of the accelerated graph: {execution_field(meta)}; {export_s:.1f} s")
     return {"config": config, "source": source, "accelerated": acc, "dense": dense, "copies": copies,
-            "execution": meta.get("amsr.execution", "stages"), "export_s": round(export_s, 1)}
+            "execution": execution_field(meta), "export_s": round(export_s, 1)}
 
 
 # ----------------------------------------------------------------------------------------------- 2. parity
@@ -501,7 +501,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from amsr.files import check_writable_dir, save_bytes
     from amsr.io.images import save_png
     from amsr.models import load_model
-    from amsr.sparse.auto import DENSE_ABOVE_DENSITY
+    from amsr.sparse.auto import dense_above
 
     t_start = time.perf_counter()
     check_writable_dir(cfg.out, "--out")
@@ -523,7 +523,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "operating_point": {"mask_config": graphs["config"].to_json(), "source": graphs["source"]},
         "graphs": {"accelerated": str(graphs["accelerated"]), "dense": str(graphs["dense"]),
                    "copies": graphs["copies"], "execution": graphs["execution"], "export_s": graphs["export_s"]},
-        "parity": parity, "dense_above_density": DENSE_ABOVE_DENSITY["rows"], "quality_budget_db": QUALITY_BUDGET_DB,
+        "parity": parity, "dense_above_density": dense_above("rows"), "quality_budget_db": QUALITY_BUDGET_DB,
         "timing": {"backend": f"onnxruntime {ort.__version__}", "providers": "CPU",
                    "threads": cfg.threads or "one per core",
                    "cores": os.cpu_count(), "warmup": cfg.warmup, "repeats": cfg.repeats,

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from amsr.export.metadata import add_metadata, read_metadata
+    from amsr.export.metadata import add_metadata, execution_field, read_metadata
     from amsr.export.onnx_export import export_mask_only
     from amsr.export.plugin_export import export_with_sparse_impl
     from amsr.runtime.export_check import onnxruntime_check
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
                              "amsr.weights_sha256": sha256_of(model.weights)})
     meta = read_metadata(onnx_path)
     kind = meta.get("amsr.kind", "dense")
-    graph = {"accelerated": f"{meta.get('amsr.execution', 'stages')} execution", "mask": "mask generator"}.get(
+    graph = {"accelerated": f"{execution_field(meta)} execution", "mask": "mask generator"}.get(
         kind, "dense graph")
     print(f"amsr-export: wrote {onnx_path}: {args.model} x{args.scale}, {settings}, {graph}; {verified}")
     if args.triton_repo:

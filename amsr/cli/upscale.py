@@ -158,7 +158,7 @@ def _onnx_path(args: argparse.Namespace) -> Path:
 
 def _graph_settings(onnx: Path) -> str:
     """What an exported graph runs, from its metadata: model, mask settings and execution."""
-    from amsr.export.metadata import mask_config_field, read_metadata
+    from amsr.export.metadata import execution_field, mask_config_field, read_metadata
 
     meta = read_metadata(onnx)
     name = " ".join(v for v in (meta.get("amsr.model"), f"x{meta.get('amsr.scale', '?')}") if v)
@@ -166,18 +166,18 @@ def _graph_settings(onnx: Path) -> str:
     if kind != "accelerated":
         return f"{name}, {kind} graph"
     settings = describe_settings(mask_config_field(meta, str(onnx)), {"source": "graph metadata"})
-    return f"{name}, {settings}, {meta.get('amsr.execution', 'stages')} execution"
+    return f"{name}, {settings}, {execution_field(meta)} execution"
 
 
 def _run_summary(args: argparse.Namespace, onnx: Path, options: RunOptions, scores: list[float]) -> str:
     """The line after the run: how the graph ran (tiles, masks, the dense fallback) and what was checked."""
-    from amsr.export.metadata import read_metadata
+    from amsr.export.metadata import execution_field, read_metadata
 
     from amsr.sparse.auto import dense_above, needs_mask
 
     how = "whole images" if options.tile is None else f"tiles ≤ {options.tile} px + {options.overlap} px overlap"
     meta = read_metadata(onnx)
-    execution = meta.get("amsr.execution", "stages")
+    execution = execution_field(meta)
     if options.dense_graph is not None and not needs_mask(execution):  # no mask is computed at all
         how += f", the dense graph for every image ({execution} graphs are slower than dense: amsr.sparse.auto)"
     else:
