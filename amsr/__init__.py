@@ -33,6 +33,8 @@ _API: dict[str, str] = {
     "AccelerationPlan": "amsr.user_network",
     "SizeRequirements": "amsr.zoo.descriptor",
     "SparseRules": "amsr.zoo.descriptor",
+    "WindowAdapter": "amsr.sparse.window_batch",
+    "BatchedWindows": "amsr.sparse.window_batch",
     "AmsrError": "amsr.errors",
     "UnsupportedModelError": "amsr.errors",
     "CheckpointError": "amsr.errors",
@@ -41,9 +43,9 @@ _API: dict[str, str] = {
     "ExportError": "amsr.errors",
 }
 
-__all__ = ["AccelerationPlan", "AcceleratedSR", "AmsrError", "BackendUnavailableError", "CheckpointError",
-           "ExportError", "InputImageError", "LoadedModel", "MaskConfig", "SizeRequirements", "SparseRules",
-           "UnsupportedModelError", "__version__", "accelerate", "find_identity_convs", "load_model",
+__all__ = ["AccelerationPlan", "AcceleratedSR", "AmsrError", "BackendUnavailableError", "BatchedWindows",
+           "CheckpointError", "ExportError", "InputImageError", "LoadedModel", "MaskConfig", "SizeRequirements",
+           "SparseRules", "UnsupportedModelError", "WindowAdapter", "__version__", "accelerate", "find_identity_convs", "load_model",
            "plan_acceleration", "user_model"]
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel, load_model
     from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
+    from amsr.sparse.window_batch import BatchedWindows, WindowAdapter
     from amsr.user_network import AccelerationPlan, plan_acceleration, user_model
     from amsr.zoo.descriptor import SizeRequirements, SparseRules
 

@@ -29,6 +29,7 @@ from amsr.sparse.pixel import (
 )
 from amsr.sparse.tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
+from amsr.sparse.window_batch import MaskedWindowBatch, WindowAdapter
 from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules
@@ -235,13 +236,14 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
     Raises:
         UnsupportedModelError: a pattern matches nothing, or names a layer that cannot be masked.
     """
+    adapters: tuple[tuple[str, WindowAdapter], ...] = ()
     if isinstance(rules, SparseRules):
-        conv_patterns, window_patterns = rules.convs, rules.windows
+        conv_patterns, window_patterns, adapters = rules.convs, rules.windows, rules.window_adapters
     elif isinstance(rules, str):  # one pattern: iterating it would give one pattern per character
         conv_patterns, window_patterns = (rules,), ()
     else:
         conv_patterns, window_patterns = tuple(rules), ()
-    if not conv_patterns and not window_patterns:
+    if not conv_patterns and not window_patterns and not adapters:
         raise UnsupportedModelError(f"no sparse rules for {type(net).__name__}: name its body 3×3 convs")
     config = config or MaskConfig()
     net = net if inplace else copy.deepcopy(net)
@@ -251,13 +253,19 @@ def accelerate(net: nn.Module, rules: SparseRules | Iterable[str], config: MaskC
         name: MaskedConv2d(net.get_submodule(name), context, mode=mode, name=name)
         for name in (match_modules(net, conv_patterns) if conv_patterns else [])}
     blocks = match_modules(net, window_patterns, tuple(WINDOW_LAYERS)) if window_patterns else []
+    adapted = {name: adapter for pattern, adapter in adapters for name in match_modules(net, pattern)}
+    blocks += [n for n in adapted if n not in blocks]
     inside = [n for n in new if any(n.startswith(b + ".") for b in blocks)]
     if inside:
         raise UnsupportedModelError(f"conv rules name {len(inside)} layer(s) inside masked window blocks "
                                     f"(e.g. {inside[0]}): a block is masked as a whole")
     for name in blocks:
         block = net.get_submodule(name)
-        new[name] = WINDOW_LAYERS[type(block)](block, context, config.window_threshold, mode=mode, name=name)
+        if name in adapted:
+            new[name] = MaskedWindowBatch(block, context, config.window_threshold, mode=mode, name=name,
+                                          adapter=adapted[name])
+        else:
+            new[name] = WINDOW_LAYERS[type(block)](block, context, config.window_threshold, mode=mode, name=name)
     tail_context = None
     if tail is not None and config.output_dilation is not None:
         tail_context = TailContext()

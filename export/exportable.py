@@ -22,6 +22,8 @@
   NonZero → Gather of the selected windows' tokens → the block's layers → ScatterND), with the token-index
   table and the selected windows' attention-mask rows built in the graph; an empty selection runs the
   layers on an empty batch and returns the input.
+- ``MaskedWindowBatch`` → ``GatherScatterWindowBatch``: a user's window-local block through its
+  ``WindowAdapter`` (window means → NonZero → the adapter's gather → the block → its scatter).
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from torch import nn
 
 from amsr.errors import ExportError
 from amsr.masking.mask import MaskConfig, MaskGenerator
-from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
 from amsr.sparse.rows import row_program
 from amsr.sparse.tail import TailMaskedConv
 from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
+from amsr.sparse.window_batch import MaskedWindowBatch
 from amsr.surgery import AcceleratedSR
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
@@ -59,20 +62,20 @@ class SparseIndices:
 
     ``of(mask)`` returns ``(pixels, taps)``: ``pixels`` P×3 int64 rows ``(n, i, j)`` in row-major order (the
     order ``MaskedConv2d`` uses), ``taps`` P×9×3 the coordinates of each pixel's 3×3 neighbourhood in the
-    zero-padded map. They are recomputed only when a different mask tensor comes in.
+    zero-padded map; kept under ``MaskIndexCache``'s rule.
     """
 
     def __init__(self) -> None:
-        self._mask: torch.Tensor | None = None
-        self._pixels: torch.Tensor | None = None
-        self._taps: torch.Tensor | None = None
+        self._cache = MaskIndexCache()
 
     def of(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if mask is not self._mask or self._pixels is None or self._taps is None:
-            pixels = torch.nonzero(mask[:, 0] > 0.5)
-            offsets = torch.tensor(_TAP_OFFSETS, dtype=pixels.dtype, device=pixels.device)
-            self._mask, self._pixels, self._taps = mask, pixels, pixels.unsqueeze(1) + offsets
-        return self._pixels, self._taps
+        return self._cache.get(mask, "taps", _pixels_and_taps)
+
+
+def _pixels_and_taps(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pixels = torch.nonzero(mask[:, 0] > 0.5)
+    offsets = torch.tensor(_TAP_OFFSETS, dtype=pixels.dtype, device=pixels.device)
+    return pixels, pixels.unsqueeze(1) + offsets
 
 
 class ExportMaskGenerator(nn.Module):
@@ -251,6 +254,30 @@ class GatherScatterSwinBlock(nn.Module):
         return out.reshape(b, length, c)
 
 
+class GatherScatterWindowBatch(nn.Module):
+    """``MaskedWindowBatch``'s sparse path with no branch on the selection: window means (the adapter's) ≥
+    threshold → NonZero → the adapter's gather → the block → its scatter.
+
+    One window more than selected is computed (window 0, dropped before the scatter): an empty batch would
+    reach the user's block, and code such as DITN's ``x.view(b, c, -1)`` cannot reshape zero elements.
+    """
+
+    def __init__(self, masked: MaskedWindowBatch) -> None:
+        super().__init__()
+        self.block, self.adapter = masked.block, masked.adapter
+        self.threshold = masked.threshold
+        self.context: MaskContext = masked.context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.context.mask
+        assert mask is not None  # set by the accelerated model's forward
+        index = torch.nonzero(self.adapter.window_means(mask, x) >= self.threshold)[:, 0]
+        k = index.shape[0]
+        windows = self.adapter.gather(x, torch.cat([index, index.new_zeros(1)]))
+        y = self.adapter.run(self.block, windows)
+        return self.adapter.scatter(x, index, y[:k])
+
+
 def min_input_size(req: SizeRequirements) -> int:
     """Smallest H or W the exported graph accepts: reflect padding needs the pad to be smaller than the size."""
     if req.pad_mode == "reflect" and (req.multiple_of > 1 or req.minimum > 1):
@@ -304,6 +331,8 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
                 m.net.blend_scale = m.scale
         elif isinstance(m, MaskedSwinBlock) and isinstance(m.block, SwinTransformerBlock):
             new = GatherScatterSwinBlock(m)
+        elif isinstance(m, MaskedWindowBatch):
+            new = GatherScatterWindowBatch(m)
         elif isinstance(m, MaskedWindowLayer):
             inner = getattr(m, "block", m)
             raise ExportError(f"ONNX export of window selection supports SwinIR blocks (swinir, imdtn), not "
@@ -326,7 +355,7 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
             if new is not None:
                 setattr(parent, name, new)
             if not isinstance(new, (GatherScatterConv2d, ExportMaskGenerator, ExportSwinBlock,
-                                    GatherScatterSwinBlock)):
+                                    GatherScatterSwinBlock, GatherScatterWindowBatch)):
                 visit(new if new is not None else child)
 
     root = twin(prepared)

@@ -7,6 +7,8 @@ Exporter choice: the dynamo exporter (``torch.onnx.export(..., dynamo=True)`` wi
 - It keeps H×W symbolic through the whole graph (output dims ``4*H``, ``4*W``) and handles the
   data-dependent pixel count of the sparse stages (NonZero) as an unbacked size instead of a constant.
 - Its node metadata names the torch module of every node, which ``passes.name_mask_subgraph`` uses.
+- Where it fails on a dense graph, the TorchScript exporter is tried and ``amsr.exporter`` says which ran
+  (``_torch_export``); both failing is one ``ExportError`` naming both errors.
 It only emits opset ≥ 18 itself, and ``onnx.version_converter`` has no 18→17 adapter for Pad; ``opset=17``
 (the default) is reached with ``passes.downgrade_to_opset17``, which rewrites the few ops that changed.
 
@@ -28,7 +30,7 @@ import logging
 import warnings
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -102,8 +104,14 @@ def _require_onnx_tools() -> None:
 
 
 def _torch_export(module: nn.Module, sample: torch.Tensor, output_name: str, min_size: int,
-                  opset: int) -> onnx.ModelProto:
-    """``torch.onnx.export`` (dynamo) with N, H, W dynamic; the sample's batch of 2 avoids 0/1 specialisation."""
+                  opset: int, fallback: bool = False) -> tuple[onnx.ModelProto, str]:
+    """``torch.onnx.export`` with N, H, W dynamic, and the exporter that wrote it (``dynamo`` or ``torchscript``).
+
+    The dynamo exporter first (the sample's batch of 2 avoids 0/1 specialisation). Where it fails on a graph
+    without a mask (a user network's dense export: its pass manager raised ``PassError`` on a hybrid CNN +
+    attention network, issue #16), the TorchScript exporter is tried when ``fallback``; an accelerated graph
+    needs the dynamo exporter's module scopes to name its stages, so there its error is final.
+    """
     dims = {0: torch.export.Dim("N", min=1), 2: torch.export.Dim("H", min=min_size),
             3: torch.export.Dim("W", min=min_size)}
     with torch.no_grad(), warnings.catch_warnings():
@@ -111,28 +119,57 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, output_name: str, min
         warnings.filterwarnings("ignore", message=".*was assigned during export.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
-            program = torch.onnx.export(
-                module, (sample,), input_names=[INPUT_NAME], output_names=[output_name],
-                opset_version=max(opset, _NATIVE_OPSET), dynamo=True, dynamic_shapes=(dims,), optimize=True,
-                verbose=False)
+            program = _dynamo_export(module, sample, output_name, opset, dims)
         except Exception as e:  # the exporter raises many unrelated types; all mean "no graph"
-            raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+            first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if not fallback:
+                raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from e
+            try:
+                proto = _torchscript_export(module, sample, output_name, opset)
+            except Exception as e2:
+                second = f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}"
+                raise ExportError(f"torch.onnx.export failed for {type(module).__name__} with both exporters: "
+                                  f"dynamo: {first}; TorchScript: {second}") from e2
+            log.warning("the dynamo exporter failed (%s); exported with the TorchScript exporter", first)
+            return proto, "torchscript"
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
-    return program.model_proto
+    return program.model_proto, "dynamo"
 
 
-def _run_passes(model: onnx.ModelProto, opset: int,
-                net_dilation: int | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Stage names, constant folding and cleanup, then the opset asked for (17 from the exporter's 18)."""
+def _dynamo_export(module: nn.Module, sample: torch.Tensor, output_name: str, opset: int,
+                   dims: dict[int, torch.export.Dim]) -> Any:
+    return torch.onnx.export(module, (sample,), input_names=[INPUT_NAME], output_names=[output_name],
+                             opset_version=max(opset, _NATIVE_OPSET), dynamo=True, dynamic_shapes=(dims,),
+                             optimize=True, verbose=False)
+
+
+def _torchscript_export(module: nn.Module, sample: torch.Tensor, output_name: str, opset: int) -> onnx.ModelProto:
+    import tempfile
+
+    import onnx
+
+    axes = {0: "N", 2: "H", 3: "W"}
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy TorchScript-based exporter": chosen
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "graph.onnx"
+        torch.onnx.export(module, (sample,), str(path), input_names=[INPUT_NAME], output_names=[output_name],
+                          opset_version=max(opset, _NATIVE_OPSET), dynamo=False,
+                          dynamic_axes={INPUT_NAME: axes, output_name: axes})
+        return onnx.load(str(path))
+
+
+def _run_passes(model: onnx.ModelProto, opset: int, net_dilation: int | None = None,
+                scoped: bool = True) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Stage names (``scoped``: the graph has the dynamo exporter's module scopes; a dense TorchScript
+    export has neither scopes nor stages), constant folding and cleanup, then the opset asked for (17 from
+    the exporters' 18)."""
     import onnx_graphsurgeon as gs
 
     from amsr.export.passes import downgrade_to_opset17, fold_and_cleanup, name_mask_subgraph, torch_scopes
 
-    scopes = torch_scopes(model)
     graph = gs.import_onnx(model)
-    stages = name_mask_subgraph(graph, scopes, net_dilation=net_dilation)
+    stages = name_mask_subgraph(graph, torch_scopes(model), net_dilation=net_dilation) if scoped else {}
     fold_and_cleanup(graph)
     if opset == 17:
         downgrade_to_opset17(graph)
@@ -189,12 +226,14 @@ def export_graph(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, samp
         raise ExportError(f"sample_size {sample_size} is too small: use at least {max(2, min_size)} px "
                           "(size 1 would be specialised by the exporter)")
     sample = torch.rand(2, 3, sh, sw, generator=torch.Generator().manual_seed(0))
-    proto = _torch_export(prepared, sample, output_name, min_size, opset)
     generator = mask_generator_of(model)
-    proto, stages = _run_passes(proto, opset, None if generator is None else generator.config.dilation)
+    proto, exporter = _torch_export(prepared, sample, output_name, min_size, opset, fallback=generator is None)
+    proto, stages = _run_passes(proto, opset, None if generator is None else generator.config.dilation,
+                                scoped=exporter == "dynamo")
     if kind is None:
         kind = "accelerated" if mask_generator_of(model) is not None else "dense"
     meta = _kind_and_meta(model, kind, min_size, stages)
+    meta["amsr.exporter"] = exporter
     if kind == "accelerated":
         meta["amsr.execution"] = execution_of(prepared, stages)
     _set_metadata(proto, meta)
@@ -250,7 +289,8 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
         ``out``. The graph has input ``lr`` (N×3×H×W) and output ``sr`` (N×3×sH×sW); accelerated models also
         carry a tensor named ``mask`` (N×1×H×W) that ``passes.expose_mask_output`` can make an output.
         Model metadata: ``amsr.kind`` (dense/accelerated/mask), ``amsr.scale``, ``amsr.min_input_size``,
-        and for accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``,
+        ``amsr.exporter`` (``dynamo``, or ``torchscript`` where dynamo failed on a dense graph), and for
+        accelerated graphs ``amsr.mask_config`` (JSON), ``amsr.mask_size``, ``amsr.sparse_stages``,
         ``amsr.execution`` (``rows``, ``windows`` or ``stages``: ``execution_of``).
 
     Raises:

@@ -48,7 +48,7 @@ _SPARSE_CLASS = "amsr.export.exportable.GatherScatterConv2d"
 _SPARSE_CLASSES = (_SPARSE_CLASS, "amsr.sparse.tiles.TileMaskedConv2d")
 # Window-selected Swin blocks (exportable.GatherScatterSwinBlock) form sparse_window_<i> stages.
 WINDOW_PREFIX = "sparse_window_"
-_WINDOW_CLASS = "amsr.export.exportable.GatherScatterSwinBlock"
+_WINDOW_CLASSES = ("amsr.export.exportable.GatherScatterSwinBlock", "amsr.export.exportable.GatherScatterWindowBatch")
 _WINDOW_TAG = "window:"  # marks a window block's module name in the call list (module names have no ':')
 
 
@@ -136,7 +136,7 @@ def name_mask_subgraph(graph: gs.Graph, scopes: Mapping[str, NodeScope],
                 generator_nodes.add(id(node))
             in_order.append((node, None))
         else:
-            window = scope.module_of((_WINDOW_CLASS,))
+            window = scope.module_of(_WINDOW_CLASSES)
             in_order.append((node, scope.module_of(_SPARSE_CLASSES) if window is None else _WINDOW_TAG + window))
 
     # Shape bookkeeping outside any module joins the mask stage when only mask nodes consume it.

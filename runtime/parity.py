@@ -181,16 +181,30 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike[str], lr_images:
                               atol=atol, psnr_tol=psnr_tol, providers=providers)
 
 
+def parity_images(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Path] | None]:
+    """The LR images of a parity folder and their HR partners: ``LR/`` is required; without ``HR/`` the PSNR
+    check is not made (``None``); with it, every LR image needs its HR partner (``find_pairs``' rule). One
+    rule for the onnxruntime and the TensorRT check.
+
+    Raises:
+        InputImageError: no LR images, or an HR/ folder missing some partners.
+    """
+    from amsr.io.images import list_images
+    from amsr.io.pairs import find_pairs
+
+    folder = Path(folder)
+    if (folder / "HR").is_dir():
+        pairs = find_pairs(folder)
+        return [p.lr for p in pairs], [p.hr for p in pairs]
+    lr = list_images(folder / "LR") if (folder / "LR").is_dir() else []
+    if not lr:
+        raise InputImageError(f"no LR images in {folder / 'LR'}")
+    return lr, None
+
+
 def check_parity_on_set(model: nn.Module, onnx_path: str | os.PathLike[str], folder: str | os.PathLike[str],
                         atol: float = 1e-4, psnr_tol: float = 1e-3,
                         providers: str | Sequence[str] | None = None) -> ParityResult:
-    """Parity on a benchmark folder with ``LR/`` and ``HR/`` subfolders of equally named images."""
-    from amsr.io.images import list_images
-
-    folder = Path(folder)
-    lr = list_images(folder / "LR")
-    if not lr:
-        raise InputImageError(f"no LR images in {folder / 'LR'}")
-    hr = [folder / "HR" / p.name for p in lr]
-    return check_parity(model, onnx_path, lr, hr if all(p.is_file() for p in hr) else None,
-                        atol=atol, psnr_tol=psnr_tol, providers=providers)
+    """Parity on a folder with ``LR/`` (and ``HR/`` for the PSNR check: ``parity_images``)."""
+    lr, hr = parity_images(folder)
+    return check_parity(model, onnx_path, lr, hr, atol=atol, psnr_tol=psnr_tol, providers=providers)

@@ -68,7 +68,7 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     for name in a.models:
         model = load_model(name, a.scale, allow_download=False)
-        thr = a.thresholds or ([0.25, 0.5] if model.arch.rules.windows else [0.5])
+        thr = a.thresholds or ([0.25, 0.5] if model.arch.rules.windows or model.arch.rules.window_adapters else [0.5])
         g = grid(a.dilations, outs, a.sigmas, thr)
         path = a.out / f"{name}_x{a.scale}.json"
         doc = json.loads(path.read_text()) if path.is_file() else {"model": name, "scale": a.scale, "sets": {}}

@@ -105,3 +105,31 @@ def test_public_names_are_not_shadowed_by_submodules() -> None:
         assert info.name not in amsr._API, f"amsr.{info.name} is both a public name and a submodule"
         importlib.import_module(f"amsr.{info.name}")
     assert callable(amsr.user_model) and not isinstance(amsr.user_model, type(amsr))
+
+
+class GlobalContext(nn.Module):
+    """Three 3×3 convs (radius 3), optionally scaled by a channel attention over the whole map."""
+
+    def __init__(self, pooled: bool) -> None:
+        super().__init__()
+        self.pooled = pooled
+        self.convs = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.convs(x)
+        if self.pooled:
+            y = y * torch.sigmoid(y.mean(dim=(2, 3), keepdim=True))
+        return F.interpolate(y, scale_factor=2.0, mode="nearest")
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_plan_measures_the_receptive_radius_and_flags_a_global_op(pooled: bool) -> None:
+    torch.manual_seed(0)
+    _, plan = amsr.user_model(GlobalContext(pooled), scale=2)
+    assert plan.radius_limit == 46
+    if pooled:
+        assert plan.receptive_radius is None
+        assert "or a global op (pooling, image statistics): tiled output will differ" in plan.summary()
+    else:
+        assert plan.receptive_radius == 3
+        assert "receptive radius: 3 LR px" in plan.summary()

@@ -63,7 +63,7 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> Operatin
     from amsr.tools.calibrate import choose_operating_point, load_calibration
 
     pairs = load_calibration(folder, args.scale, args.max_images, args.crop or None)
-    model = model_from_args(args)
+    model = model_from_args(args, load_model)
     ref_weights = getattr(args, "reference_weights", None)
     if ref_weights and getattr(args, "module", None):
         raise UsageError("--reference-weights is for zoo models (--model)")

@@ -92,6 +92,9 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True, user_modul
                        help="--module: the value of white in its input and output (default 1; 255 for [0, 255])")
         g.add_argument("--multiple-of", type=int, default=1, metavar="PX",
                        help="--module: its input H and W must be a multiple of this (amsr pads and crops back; default 1)")
+        g.add_argument("--windows", action="append", default=[], metavar="PATTERN[:tokens]",
+                       help="--module: window-local blocks called on a batch of windows, selected by window "
+                            "(amsr.BatchedWindows; ':tokens' for N×ws²×C windows, default N×C×ws×ws); repeatable")
     g.add_argument("--variant", default="", help="model variant: swinir classical (default), lightweight or real; "
                                                  "the other models have one")
     g.add_argument("--weights", type=Path, metavar="FILE",
@@ -167,7 +170,8 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
             raise AmsrError(f"--operating-point replaces the mask options: drop {', '.join(given)}")
         from amsr.operating_point import resolve_operating_point
 
-        return resolve_operating_point(args.operating_point, args.model, args.scale)
+        model_id = args.model or getattr(args, "module", None)  # --module: the spec is the id calibration wrote
+        return resolve_operating_point(args.operating_point, str(model_id), args.scale)
     if given:
         config = mask_config_from(args)
         if config.output_dilation is None:
@@ -235,23 +239,32 @@ def _check_weights_sha(onnx: Path, meta: Mapping[str, str], weights: Path) -> No
                               f"from (sha256 {recorded[:12]}…): pass that file with --weights")
 
 
-def model_from_args(args: argparse.Namespace) -> LoadedModel:
-    """The model a command line names: ``--model`` (zoo) or ``--module`` (``amsr.user_network``: the plan of
-    what is made sparse goes to stderr); exactly one of them."""
+def model_from_args(args: argparse.Namespace, load: Callable[..., LoadedModel] | None = None) -> LoadedModel:
+    """The model a command line names: ``--model`` (zoo, through ``load``: the tool's own ``load_model``) or
+    ``--module`` (``amsr.user_network``: the plan of what is made sparse goes to stderr); exactly one of them."""
     module = getattr(args, "module", None)
     if (args.model is None) == (module is None):
         raise UsageError("give --model NAME (a zoo model) or --module PKG.MOD:FACTORY (your own), not both")
     if module is None:
-        return load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+        return (load or load_model)(args.model, args.scale, weights=args.weights, variant=args.variant)
     if args.multiple_of < 1:
         raise UsageError(f"--multiple-of must be ≥ 1, got {args.multiple_of}")
     from amsr.user_network import network_from_factory, user_model
     from amsr.zoo.descriptor import SizeRequirements
 
+    from amsr.sparse.window_batch import BatchedWindows
+
+    windows = {}
+    for spec in args.windows:
+        pattern, _, layout = spec.partition(":")
+        if layout not in ("", "tokens", "nchw") or not pattern:
+            raise UsageError(f"--windows wants PATTERN or PATTERN:tokens, got {spec!r}")
+        windows[pattern] = BatchedWindows("tokens" if layout == "tokens" else "nchw")
     net = network_from_factory(module, args.weights)
     try:
         model, plan = user_model(net, args.scale, input_range=args.input_range, name=module,
-                                 size=SizeRequirements(multiple_of=args.multiple_of), weights=args.weights)
+                                 size=SizeRequirements(multiple_of=args.multiple_of), weights=args.weights,
+                                 windows=windows)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(plan.summary(), file=sys.stderr)

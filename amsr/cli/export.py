@@ -1,4 +1,5 @@
-"""amsr-export: a zoo model (dense or accelerated) to ONNX, a Triton repository, or a TensorRT engine.
+"""amsr-export: a zoo model or your own network (--module), dense or accelerated, to ONNX, a Triton repository, or a
+TensorRT engine.
 
 An .engine output first writes <name>.onnx beside it; without TensorRT (or a GPU) the ONNX file stays and the
 command fails with a one-line reason. Unless --no-verify, the ONNX graph is run in onnxruntime and compared with
@@ -22,8 +23,10 @@ from amsr.cli.common import (
     add_verbose_arg,
     config_and_source,
     describe_settings,
+    UsageError,
     load_model,
     mask_options_given,
+    model_from_args,
     parser,
     run_main,
 )
@@ -34,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser("amsr-export", __doc__,
                "amsr-export --model carn_m --scale 4 --out carn_m_x4.onnx            # the shipped 0.05 dB point",
                "amsr-export --model carn_m --scale 4 --dense --out carn_m_x4_dense.onnx",
-               "amsr-export --model carn_m --scale 4 --mask-only --out carn_m_x4_mask.onnx",
-               "amsr-export --model swinir --scale 4 --out swinir_x4.engine        # ONNX beside it, then TensorRT")
-    add_model_args(p)
+               "amsr-export --model swinir --scale 4 --out swinir_x4.engine        # ONNX beside it, then TensorRT",
+               "amsr-export --module mynets.edsr:build --weights edsr_x4.pth --scale 4 --operating-point op.json "
+               "--out edsr.onnx")
+    add_model_args(p, user_module=True)
     add_mask_args(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--dense", action="store_true", help="export the unaccelerated model")
@@ -69,7 +73,11 @@ def _run(args: argparse.Namespace) -> int:
     from amsr.weights import sha256_of
 
     _check_outputs(args)
-    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    if args.module and not (args.dense or args.operating_point or mask_options_given(args)):
+        raise UsageError("--module has no shipped operating point: give --operating-point FILE (from amsr-calibrate "
+                         "--module … --json FILE), mask options, or --dense")
+    model = model_from_args(args, load_model)
+    name = args.model or args.module
     engine = is_engine_path(args.out)
     onnx_path = args.out.with_suffix(".onnx") if engine else args.out
     if args.dense and (mask_options_given(args) or args.operating_point):
@@ -78,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.mask_only and config is None:  # a model whose default is dense: the generator at its own defaults
         config, source = MaskConfig(), {"source": "mask generator defaults"}
     settings = describe_settings(config, source)
-    print(f"amsr-export: {args.model} x{args.scale}: {settings}", file=sys.stderr)
+    print(f"amsr-export: {name} x{args.scale}: {settings}", file=sys.stderr)
     check = _VerificationLog(verbose=args.verbose)
     if args.mask_only:
         export_mask_only(model.accelerated(config), onnx_path, opset=args.opset)
@@ -89,13 +97,15 @@ def _run(args: argparse.Namespace) -> int:
             export_with_sparse_impl(module, onnx_path, sparse_impl=args.sparse_impl, opset=args.opset,
                                     verify=None if args.no_verify else onnxruntime_check)
         verified = check.describe(args.no_verify, args.sparse_impl, masked=config is not None)
-    add_metadata(onnx_path, {"amsr.model": args.model, "amsr.variant": model.variant,
-                             "amsr.weights_sha256": sha256_of(model.weights)})
+    identity = {"amsr.model": name, "amsr.variant": model.variant}
+    if model.weights.is_file():  # a --module without --weights has its factory's weights, no file
+        identity["amsr.weights_sha256"] = sha256_of(model.weights)
+    add_metadata(onnx_path, identity)
     meta = read_metadata(onnx_path)
     kind = meta.get("amsr.kind", "dense")
     graph = {"accelerated": f"{execution_field(meta)} execution", "mask": "mask generator"}.get(
         kind, "dense graph")
-    print(f"amsr-export: wrote {onnx_path}: {args.model} x{args.scale}, {settings}, {graph}; {verified}")
+    print(f"amsr-export: wrote {onnx_path}: {name} x{args.scale}, {settings}, {graph}; {verified}")
     if args.triton_repo:
         from amsr.export.triton import TritonOptions, write_triton_repo
 
@@ -107,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         from amsr.runtime.trt import BuildConfig, build_engine
 
         build_engine(onnx_path, args.out, BuildConfig(fp16=args.fp16), supports_half=model.arch.supports_half,
-                     model_name=args.model)
+                     model_name=name)
         print(f"wrote {args.out}")
     return 0
 

@@ -94,12 +94,12 @@ def _model(args: argparse.Namespace, meta: dict[str, str]) -> LoadedModel:
 def _engine_parity(reference: nn.Module, args: argparse.Namespace) -> ParityResult:
     """The engine against the PyTorch golden outputs on the LR/HR images of ``--data``."""
     from amsr.io.images import read_rgb8, to_tensor
+    from amsr.runtime.parity import parity_images
     from amsr.runtime.trt_parity import compare_engine_with_torch
-    from amsr.tools.evaluate import find_pairs
 
-    pairs = find_pairs(args.data)
-    return compare_engine_with_torch(reference, args.trt, [to_tensor(read_rgb8(p.lr)).numpy() for p in pairs],
-                                     names=[p.name for p in pairs], hr=[read_rgb8(p.hr) for p in pairs],
+    lr, hr = parity_images(args.data)
+    return compare_engine_with_torch(reference, args.trt, [to_tensor(read_rgb8(p)).numpy() for p in lr],
+                                     names=[p.name for p in lr], hr=None if hr is None else [read_rgb8(p) for p in hr],
                                      onnx_path=args.onnx)
 
 

@@ -11,7 +11,8 @@ Two execution paths compute the same values:
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Hashable
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,30 @@ from torch import nn
 from amsr.errors import UnsupportedModelError
 from amsr.tracing import is_tracing
 
+T = TypeVar("T")
+
 ExecutionMode = Literal["sparse", "dense"]
+
+
+class MaskIndexCache:
+    """Indices derived from one mask, computed once and shared by every layer that reads that mask: the one
+    validity rule of amsr's three index users (``MaskContext`` pixels, ``sparse.tiles.TileIndices``,
+    ``export.exportable.SparseIndices``).
+
+    An entry holds while the same tensor object comes back unmodified (its version counter: an in-place edit
+    of the mask invalidates it) with the same ``key``; under a tracer the version counter is not read (the
+    exported graph computes the indices once per forward anyway).
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple[torch.Tensor, int | None, Hashable, Any] | None = None
+
+    def get(self, mask: torch.Tensor, key: Hashable, compute: Callable[[torch.Tensor], T]) -> T:
+        version = None if is_tracing() else mask._version
+        entry = self._entry
+        if entry is None or entry[0] is not mask or entry[1] != version or entry[2] != key:
+            entry = self._entry = (mask, version, key, compute(mask))
+        return cast(T, entry[3])
 
 
 class MaskContext:
@@ -34,17 +58,12 @@ class MaskContext:
 
     def __init__(self) -> None:
         self.mask: torch.Tensor | None = None
-        self._indexed: tuple[torch.Tensor, int] | None = None  # (mask, its version) of ``_indices``
-        self._indices: tuple[torch.Tensor, ...] = ()
+        self._indices = MaskIndexCache()
 
     def pixel_indices(self, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(n, i, j) of the masked-in pixels of ``mask`` (N×1×h×w), computed once per mask tensor: every
         layer at the mask's size shares one ``nonzero`` (on a GPU, one host synchronisation per forward)."""
-        # Same tensor object and no in-place write since (the version counter): the indices still hold.
-        if self._indexed is None or self._indexed[0] is not mask or self._indexed[1] != mask._version:
-            self._indices = (mask[:, 0] > 0.5).nonzero(as_tuple=True)
-            self._indexed = (mask, mask._version)
-        return self._indices
+        return self._indices.get(mask, "pixels", lambda m: (m[:, 0] > 0.5).nonzero(as_tuple=True))
 
     def mask_for(self, feature: torch.Tensor, name: str = "a masked conv") -> torch.Tensor:
         """The mask as N×1×h×w float (0/1) for a masked conv's input ``feature``, which must be at the mask's

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.sparse.pixel import MaskContext, MaskedConv2d
+from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
 from amsr.tracing import is_tracing
 
 DEFAULT_TILE = 16
@@ -57,20 +57,15 @@ def active_tile_fraction(mask: torch.Tensor, tile: int) -> float:
 class TileIndices:
     """Tile coordinates of the active tiles of one mask, shared by every tile layer reading that mask.
 
-    ``of(mask, tile)`` → K×3 int64 rows (n, ti, tj) in row-major order; recomputed when another mask
-    tensor (or tile size) comes in.
+    ``of(mask, tile)`` → K×3 int64 rows (n, ti, tj) in row-major order; kept under ``MaskIndexCache``'s rule
+    (same mask tensor, unmodified, same tile size).
     """
 
     def __init__(self) -> None:
-        self._key: tuple[int, int] | None = None
-        self._mask: torch.Tensor | None = None
-        self._tiles: torch.Tensor | None = None
+        self._cache = MaskIndexCache()
 
     def of(self, mask: torch.Tensor, tile: int) -> torch.Tensor:
-        if self._mask is not mask or self._key != (id(mask), tile) or self._tiles is None:
-            self._tiles = torch.nonzero(tile_mask(mask, tile)[:, 0] > 0.5)
-            self._mask, self._key = mask, (id(mask), tile)
-        return self._tiles
+        return self._cache.get(mask, tile, lambda m: torch.nonzero(tile_mask(m, tile)[:, 0] > 0.5))
 
 
 def tile_conv(x: torch.Tensor, tiles: torch.Tensor, conv: nn.Conv2d, tile: int) -> torch.Tensor:

@@ -100,7 +100,7 @@ def default_grid(model: LoadedModel) -> list[MaskConfig]:
     are kept), at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
     rules = model.arch.rules
     pairs = [(d, d_out) for d, d_out in DEFAULT_PAIRS if within_blend_floor(d, d_out, rules)]
-    thresholds = (0.25, 0.5) if rules.windows else (0.5,)
+    thresholds = (0.25, 0.5) if rules.windows or rules.window_adapters else (0.5,)
     return [MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr)
             for thr in thresholds for d, d_out in pairs]
 

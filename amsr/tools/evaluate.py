@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,40 +11,14 @@ from torch import nn
 
 from amsr.cost import run_counting_macs
 from amsr.errors import InputImageError
-from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
+from amsr.io.images import read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y, ssim_y
+from amsr.io.pairs import ImagePair, find_pairs
+
+__all__ = ["EvalReport", "ImagePair", "ImageResult", "Scores", "evaluate", "find_pairs", "load_pair", "score"]
 
 # SSIM's 11×11 window must fit after shaving ``scale`` pixels at each border.
 _SSIM_WINDOW = 11
-
-
-@dataclass(frozen=True)
-class ImagePair:
-    name: str
-    lr: Path
-    hr: Path
-
-
-def find_pairs(data_dir: str | os.PathLike[str]) -> list[ImagePair]:
-    """HR/LR pairs of a benchmark folder (``DIR/HR/x.png`` ↔ ``DIR/LR/x.png``).
-
-    Raises:
-        InputImageError: no HR/ or LR/ folder, no images, or a file present on one side only.
-    """
-    root = Path(data_dir)
-    hr_dir, lr_dir = root / "HR", root / "LR"
-    for d in (hr_dir, lr_dir):
-        if not d.is_dir():
-            raise InputImageError(f"{root}: expected folders HR/ and LR/ with the same file names; {d.name}/ is missing")
-    hr = {p.name: p for p in list_images(hr_dir)}
-    lr = {p.name: p for p in list_images(lr_dir)}
-    if not lr:
-        raise InputImageError(f"{lr_dir}: no images")
-    unpaired = sorted(set(hr) ^ set(lr))
-    if unpaired:
-        raise InputImageError(f"{root}: {len(unpaired)} image(s) without a partner in HR/ or LR/: "
-                              + ", ".join(unpaired[:5]))
-    return [ImagePair(n, lr[n], hr[n]) for n in sorted(lr)]
 
 
 def load_pair(pair: ImagePair, scale: int) -> tuple[np.ndarray, np.ndarray]:

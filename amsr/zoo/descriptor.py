@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from amsr.sparse.window_batch import WindowAdapter
 
 StateDict = dict[str, torch.Tensor]
 
@@ -52,6 +56,8 @@ class SparseRules:
             become masked convs. Each match must be a stride-1, dilation-1, 3×3 ``Conv2d`` with equal in/out
             channels (so the identity is a valid output where the mask is 0); surgery checks this.
         windows: patterns selecting Swin-style transformer blocks for window-level token selection.
+        window_adapters: (pattern, ``WindowAdapter``) pairs: window-local blocks amsr has no masked layer for
+            (a user's transformer), selected by window through the adapter (``amsr.sparse.window_batch``).
         min_blend_margin: the smallest d_net − d_out of an output-blend setting calibration may pick for this
             architecture; ``None``: ``amsr.operating_point.MIN_BLEND_MARGIN``.
         min_output_dilation: the smallest output-mask dilation d_out calibration may pick.
@@ -65,6 +71,7 @@ class SparseRules:
 
     convs: tuple[str, ...] = ()
     windows: tuple[str, ...] = ()
+    window_adapters: tuple[tuple[str, WindowAdapter], ...] = ()
     min_blend_margin: int | None = None
     min_output_dilation: int = 1
     tail: Callable[[int], list[tuple[str, int]]] | None = None
@@ -77,6 +84,7 @@ class SparseRules:
         tail = self.tail
         return replace(self, convs=tuple(prefix + p for p in self.convs),
                        windows=tuple(prefix + p for p in self.windows),
+                       window_adapters=tuple((prefix + p, a) for p, a in self.window_adapters),
                        tail=None if tail is None else (lambda s: [(prefix + n, r) for n, r in tail(s)]))
 
 

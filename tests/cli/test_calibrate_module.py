@@ -1,4 +1,5 @@
-"""``amsr-calibrate --module PKG.MOD:FACTORY``: a user's own network calibrated from the command line."""
+"""``amsr-calibrate --module PKG.MOD:FACTORY`` and ``amsr-export --module``: a user's own network calibrated
+and exported from the command line."""
 
 from __future__ import annotations
 
@@ -94,3 +95,37 @@ def test_weights_that_do_not_fit_are_one_line(user_package: Path, train_dir: Pat
     assert _calibrate(train_dir, user_package / "op.json", "--weights", str(weights)) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "does not fit mynet_cli:build()" in err and "Missing key" in err
+
+
+def test_exports_a_user_module_with_its_name_in_the_graph(user_package: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime (pip install 'amsr[onnx]')")
+    import onnx
+
+    from amsr.cli.export import main as export_main
+
+    out = user_package / "mine.onnx"
+    code = export_main(["--module", "mynet_cli:build", "--scale", "2", "--input-range", "255", "--dilation", "4",
+                        "--output-dilation", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "2 masked conv(s)" in captured.err  # the plan
+    assert "wrote" in captured.out and "mynet_cli:build x2" in captured.out and "verified against PyTorch in onnxruntime" in captured.out
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["amsr.model"] == "mynet_cli:build" and meta["amsr.kind"] == "accelerated"
+    assert "amsr.weights_sha256" not in meta  # no --weights: the factory's own weights, no file to hash
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--module has no shipped operating point"),
+    (["--dilation", "2", "--windows", "nowhere.*"], "matches no module"),
+    (["--dilation", "2", "--windows", "body.*:nhwc"], "--windows wants PATTERN or PATTERN:tokens"),
+])
+def test_export_of_a_user_module_refuses_bad_settings_in_one_line(user_package: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  args: list[str], message: str) -> None:
+    from amsr.cli.export import main as export_main
+
+    code = export_main(["--module", "mynet_cli:build", "--scale", "2", *args, "--out", str(user_package / "x.onnx")])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err.strip().splitlines()[-1], err
+    assert not (user_package / "x.onnx").exists()

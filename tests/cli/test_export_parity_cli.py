@@ -150,3 +150,19 @@ def test_export_refuses_an_operating_point_of_another_model(weights_dir: Path, t
                       "--operating-point", str(op), "--out", str(tmp_path / "x.onnx")])
     err = capsys.readouterr().err
     assert rc == 1 and "operating point of pan x4, not carn_m x4" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_parity_without_hr_checks_values_only_and_a_partial_hr_folder_is_refused(
+        fsrcnn_x2: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One pairing rule for --onnx and --trt (runtime.parity.parity_images): no HR/ → no PSNR check; an HR/
+    # folder lacking a partner → one line, not a silently skipped PSNR check.
+    folder = _two_images(data_dir, tmp_path, 2)
+    shutil.rmtree(folder / "HR")
+    assert parity_main(["--onnx", str(fsrcnn_x2), "--data", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "ΔPSNR" not in out
+    (folder / "HR").mkdir()
+    shutil.copy(data_dir / "Set5" / "x2" / "HR" / "img_002.png", folder / "HR" / "img_002.png")
+    assert parity_main(["--onnx", str(fsrcnn_x2), "--data", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "without a partner in HR/ or LR/: img_005.png" in err
