@@ -33,7 +33,7 @@ _API: dict[str, str] = {
     "AccelerationPlan": "amsr.user_network",
     "SizeRequirements": "amsr.zoo.descriptor",
     "SparseRules": "amsr.zoo.descriptor",
-    "WindowAdapter": "amsr.sparse.window_batch",
+    "WindowAdapter": "amsr.sparse.window_adapter",
     "BatchedWindows": "amsr.sparse.window_batch",
     "AmsrError": "amsr.errors",
     "UnsupportedModelError": "amsr.errors",
@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel, load_model
     from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
-    from amsr.sparse.window_batch import BatchedWindows, WindowAdapter
+    from amsr.sparse.window_adapter import WindowAdapter
+    from amsr.sparse.window_batch import BatchedWindows
     from amsr.user_network import AccelerationPlan, plan_acceleration, user_model
     from amsr.zoo.descriptor import SizeRequirements, SparseRules
 

@@ -29,7 +29,8 @@ from amsr.sparse.pixel import (
 )
 from amsr.sparse.tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
-from amsr.sparse.window_batch import MaskedWindowBatch, WindowAdapter
+from amsr.sparse.window_adapter import WindowAdapter
+from amsr.sparse.window_batch import MaskedWindowBatch
 from amsr.tracing import is_tracing
 from amsr.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules

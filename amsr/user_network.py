@@ -30,7 +30,7 @@ from amsr.checkpoint import load_checkpoint
 from amsr.errors import CheckpointError, UnsupportedModelError
 from amsr.models import LoadedModel
 from amsr.sparse.pixel import check_maskable_conv
-from amsr.sparse.window_batch import WindowAdapter
+from amsr.sparse.window_adapter import WindowAdapter
 from amsr.surgery import WINDOW_LAYERS, match_modules
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules
 from amsr.zoo.padding import padded_size

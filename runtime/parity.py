@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,9 @@ class ParityRow:
     mask_mismatch_pixels: int
     psnr_torch: float | None = None
     psnr_onnx: float | None = None
+    # Float64 arbitration (``compare_with_torch``): largest |PyTorch float32 − float64| and |ONNX − float64|.
+    float32_error: float | None = None
+    onnx_error: float | None = None
 
     @property
     def psnr_diff(self) -> float | None:
@@ -58,8 +62,9 @@ class ParityRow:
 
 @dataclass
 class ParityResult:
-    """Verdict over all inputs. ``passed``: Polygraphy's accuracy check passed, no mask pixel differs and
-    every PSNR difference is within ``psnr_tol``. ``psnr_diff`` is ``None`` when no HR image was given."""
+    """Verdict over all inputs. ``passed``: Polygraphy's accuracy check passed (or, where ``sr`` missed
+    ``atol``, the float64 arbitration of ``compare_with_torch`` did), no mask pixel differs and every PSNR
+    difference is within ``psnr_tol``. ``psnr_diff`` is ``None`` when no HR image was given."""
 
     passed: bool
     max_abs_diff: float
@@ -72,9 +77,15 @@ class ParityResult:
 
     def summary(self) -> str:
         psnr = "n/a" if self.psnr_diff is None else f"{self.psnr_diff:.2e} dB (tol {self.psnr_tol:g})"
-        return (f"{'PASSED' if self.passed else 'FAILED'}: {len(self.rows)} inputs, max |diff| "
+        text = (f"{'PASSED' if self.passed else 'FAILED'}: {len(self.rows)} inputs, max |diff| "
                 f"{self.max_abs_diff:.2e} (atol {self.atol:g}), mask mismatches {self.mask_mismatch_pixels}, "
                 f"PSNR diff {psnr}")
+        judged = [r for r in self.rows if r.onnx_error is not None and r.float32_error is not None]
+        if judged:
+            text += (f"; float64 arbitration on {len(judged)} input(s): ONNX within "
+                     f"{max(r.onnx_error or 0.0 for r in judged):.2e} of float64, PyTorch float32 within "
+                     f"{max(r.float32_error or 0.0 for r in judged):.2e}")
+        return text
 
 
 def _reference_outputs(model: nn.Module, inputs: Sequence[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], bool]:
@@ -118,7 +129,9 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike[str], inpu
         inputs: N×3×H×W float32 arrays in [0, 1], any sizes.
         names: a label per input (default ``input_<i>``).
         hr: per input, the uint8 H×W×3 HR image (or None) for the PSNR comparison; inputs must then be 1×3×H×W.
-        atol: tolerance on ``sr`` (``mask`` must match exactly).
+        atol: tolerance on ``sr`` (``mask`` must match exactly). An input that misses it still passes when
+            the model run in float64 (same mask) shows the graph as close to the exact result as PyTorch's
+            own float32 run (within ``FLOAT64_MARGIN`` × its error): float32 noise, not an export fault.
         psnr_tol: largest allowed |PSNR(ONNX) − PSNR(PyTorch)| in dB.
         providers: onnxruntime providers (``OrtUpscaler`` rules; default CPU).
     """
@@ -132,7 +145,9 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike[str], inpu
     if has_mask:
         loader = ModifyOutputs(loader, outputs=outputs)
     runner = OnnxrtRunner(OrtSessionFromOnnx(BytesFromOnnx(loader), providers=providers), name="onnxruntime")
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+    # CRITICAL: Polygraphy's own "[E] FAILED" lines would contradict a float64-arbitrated PASS; the summary
+    # and the per-input rows carry the figures.
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
         onnx_results = Comparator.run([runner], data_loader=[{"lr": x} for x in inputs])
         results = RunResults()
         results.add(golden, runner_name=GOLDEN_RUNNER)
@@ -159,12 +174,53 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike[str], inpu
     psnr_diffs = [r.psnr_diff for r in rows if r.psnr_diff is not None]
     psnr_diff = max(psnr_diffs) if psnr_diffs else None
     mismatches = sum(r.mask_mismatch_pixels for r in rows)
-    passed = bool(accuracy) and mismatches == 0 and (psnr_diff is None or psnr_diff <= psnr_tol)
+    values_ok = bool(accuracy)
+    if not values_ok and mismatches == 0 and all(SR in ref for ref in golden):
+        values_ok = _float64_arbitration(model, inputs, golden, onnx_iters, rows, atol)
+    passed = values_ok and mismatches == 0 and (psnr_diff is None or psnr_diff <= psnr_tol)
     result = ParityResult(passed=passed, max_abs_diff=max((r.max_abs_diff for r in rows), default=0.0),
                           psnr_diff=psnr_diff, mask_mismatch_pixels=mismatches, rows=rows,
                           accuracy_passed=bool(accuracy), atol=atol, psnr_tol=psnr_tol)
     log.info("parity %s: %s", onnx_path, result.summary())
     return result
+
+
+# A graph passes where it misses ``atol`` if it is as close to the exact result as PyTorch's own float32 run:
+# DITN_Real's raw skip differs from float64 by up to 1.75e-4 in PyTorch float32 and 1.59e-4 in onnxruntime on
+# Set5 (issue #16: "fails the 1e-4 tolerance, masks identical"); a margin of 2× that float32 error.
+FLOAT64_MARGIN = 2.0
+
+
+def _float64_arbitration(model: nn.Module, inputs: Sequence[np.ndarray], golden: list[dict[str, np.ndarray]],
+                         onnx_iters: Any, rows: list[ParityRow], atol: float) -> bool:
+    """For every input whose ``sr`` misses ``atol``: the model in float64 (its mask must equal the float32
+    one) decides, passing the input when |ONNX − float64| ≤ max(atol, ``FLOAT64_MARGIN`` × |PyTorch float32 −
+    float64|). False when any input fails, or when the model cannot run in float64."""
+    import copy
+
+    from amsr.surgery import AcceleratedSR
+
+    failing = [i for i, r in enumerate(rows) if r.max_abs_diff > atol]
+    if not failing:
+        return False  # the comparator failed for another reason (e.g. NaN): not a float32 question
+    try:
+        exact = copy.deepcopy(model).double().eval()
+        accelerated = next((m for m in exact.modules() if isinstance(m, AcceleratedSR)), None)
+        with torch.no_grad():
+            for i in failing:
+                y = exact(torch.from_numpy(inputs[i]).double()).numpy()
+                if MASK in golden[i] and (accelerated is None or accelerated.last_mask is None or not np.array_equal(
+                        accelerated.last_mask.numpy().astype(np.float32), golden[i][MASK])):
+                    log.info("float64 arbitration: the float64 mask of %s differs; no arbitration", rows[i].name)
+                    return False
+                got = dict(onnx_iters[i].items())[SR]
+                rows[i].float32_error = float(np.abs(golden[i][SR] - y).max())
+                rows[i].onnx_error = float(np.abs(got - y).max())
+    except Exception as e:  # a model with float32-only parts (Triton, CUDA graphs): keep the plain verdict
+        log.info("float64 arbitration not possible: %s: %s", type(e).__name__, e)
+        return False
+    return all((rows[i].onnx_error or 0.0) <= max(atol, FLOAT64_MARGIN * (rows[i].float32_error or 0.0))
+               for i in failing)
 
 
 def check_parity(model: nn.Module, onnx_path: str | os.PathLike[str], lr_images: Sequence[str | os.PathLike[str]],

@@ -3,7 +3,7 @@
 A block is *window-local* when its output on each window depends on that window's input alone: window
 attention, a per-token MLP, convs zero-padded inside the window. The paper's window skip then applies to it
 as to a Swin block (a window is computed when its mean mask is ≥ the threshold; the others pass through), and
-amsr needs two facts from the block, which a ``WindowAdapter`` states:
+amsr needs two facts from the block, which a ``WindowAdapter`` (``amsr.sparse.window_adapter``) states:
 
 1. the partition: which pixels of the mask each window of the block's input covers (``window_means``);
 2. the increment: how to take some windows out of the input, run the block on them alone, and put the results
@@ -32,34 +32,10 @@ from torch import Tensor, nn
 from amsr.errors import UnsupportedModelError
 from amsr.sparse.pixel import ExecutionMode, MaskContext
 from amsr.sparse.window import MaskedWindowLayer
+from amsr.sparse.window_adapter import WindowAdapter
 from amsr.tracing import is_tracing
 
 WindowLayout = Literal["nchw", "tokens"]
-
-
-class WindowAdapter:
-    """How a window block lays out its windows and computes some of them (see the module docstring).
-
-    Subclass it for a new layout; every method must be written in tensor ops (no Python branch on values) for
-    the layer to export.
-    """
-
-    def window_means(self, mask: Tensor, x: Tensor) -> Tensor:
-        """``(windows,)`` float64: the mean of ``mask`` (N×1×H×W, 0/1, at the input's resolution) over each
-        window of the block's input ``x``, in the order ``gather`` indexes them."""
-        raise NotImplementedError
-
-    def gather(self, x: Tensor, index: Tensor) -> Tensor:
-        """The windows ``index`` (int64, unique) of ``x``, as the block takes them."""
-        raise NotImplementedError
-
-    def run(self, block: nn.Module, windows: Tensor) -> Tensor:
-        """The block's output on gathered ``windows`` (each computed alone)."""
-        return block(windows)
-
-    def scatter(self, x: Tensor, index: Tensor, windows: Tensor) -> Tensor:
-        """A copy of ``x`` with the windows ``index`` replaced by ``windows``."""
-        raise NotImplementedError
 
 
 class BatchedWindows(WindowAdapter):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from amsr.sparse.window_batch import WindowAdapter
+    from amsr.sparse.window_adapter import WindowAdapter
 
 StateDict = dict[str, torch.Tensor]
 
