@@ -186,7 +186,7 @@ def compare_with_torch(model: nn.Module, onnx_path: str | os.PathLike[str], inpu
 
 
 # A graph passes where it misses ``atol`` if it is as close to the exact result as PyTorch's own float32 run:
-# DITN_Real's raw skip differs from float64 by up to 1.75e-4 in PyTorch float32 and 1.59e-4 in onnxruntime on
+# DITN_Real's raw skip differs from float64 by up to 1.45e-4 in PyTorch float32 and 1.59e-4 in onnxruntime on
 # Set5 (issue #16: "fails the 1e-4 tolerance, masks identical"); a margin of 2× that float32 error.
 FLOAT64_MARGIN = 2.0
 
