@@ -1,7 +1,9 @@
 """Model identity stored in an exported ONNX file, so later tools rebuild the same PyTorch reference.
 
-Keys (``metadata_props``): ``amsr.model``, ``amsr.variant``, ``amsr.weights_sha256`` next to what the
-exporter writes itself (``amsr.kind``, ``amsr.scale``, ``amsr.mask_config``, …).
+Keys (``metadata_props``): ``amsr.model``, ``amsr.variant``, ``amsr.weights_sha256`` (and for your own network,
+``amsr-export --module``: ``amsr.model`` = the ``PKG.MOD:FACTORY`` spec and ``amsr.user_network``, JSON of its
+input range, size multiple and window patterns) next to what the exporter writes itself (``amsr.kind``,
+``amsr.scale``, ``amsr.mask_config``, ``amsr.exporter``, …).
 """
 
 from __future__ import annotations

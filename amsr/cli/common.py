@@ -7,6 +7,7 @@ wait for torch (2 s). What a tool needs to run is imported in its body, after th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import textwrap
@@ -217,6 +218,13 @@ def graph_model(onnx: Path, meta: Mapping[str, str], *, name: str | None = None,
     scale = scale or int_field(meta, "amsr.scale", str(onnx))
     if not name or not scale:
         raise AmsrError(f"{onnx} does not say which model it is (not written by amsr-export?): {hint}")
+    if name == meta.get("amsr.model") and "amsr.user_network" in meta:  # amsr-export --module
+        if meta.get("amsr.weights_sha256") and weights is None:
+            raise AmsrError(f"{onnx} was exported from {name} with a weights file: pass it with --weights")
+        model = user_module_model(name, scale, weights, json.loads(meta["amsr.user_network"]))
+        if weights is not None:
+            _check_weights_sha(onnx, meta, model.weights)
+        return model
     model = load_model(name, scale, weights=weights, variant=variant if variant is not None else
                        meta.get("amsr.variant", ""))
     if name == meta.get("amsr.model"):
@@ -247,24 +255,35 @@ def model_from_args(args: argparse.Namespace, load: Callable[..., LoadedModel] |
         raise UsageError("give --model NAME (a zoo model) or --module PKG.MOD:FACTORY (your own), not both")
     if module is None:
         return (load or load_model)(args.model, args.scale, weights=args.weights, variant=args.variant)
-    if args.multiple_of < 1:
-        raise UsageError(f"--multiple-of must be ≥ 1, got {args.multiple_of}")
+    return user_module_model(module, args.scale, args.weights, user_network_args(args))
+
+
+def user_network_args(args: argparse.Namespace) -> dict[str, object]:
+    """What ``--module`` needs besides the factory and its weights (``--input-range``, ``--multiple-of``,
+    ``--windows``): recorded by amsr-export as ``amsr.user_network`` so that amsr-parity rebuilds the same model."""
+    return {"input_range": args.input_range, "multiple_of": args.multiple_of, "windows": list(args.windows)}
+
+
+def user_module_model(module: str, scale: int, weights: Path | None, settings: Mapping[str, Any]) -> LoadedModel:
+    """``FACTORY()`` of ``module`` (``PKG.MOD:FACTORY``) with ``weights``, as a ``LoadedModel`` under
+    ``settings`` (``user_network_args``); the plan of what is made sparse goes to stderr."""
+    from amsr.sparse.window_batch import BatchedWindows
     from amsr.user_network import network_from_factory, user_model
     from amsr.zoo.descriptor import SizeRequirements
 
-    from amsr.sparse.window_batch import BatchedWindows
-
+    multiple_of = int(settings.get("multiple_of", 1))
+    if multiple_of < 1:
+        raise UsageError(f"--multiple-of must be ≥ 1, got {multiple_of}")
     windows = {}
-    for spec in args.windows:
-        pattern, _, layout = spec.partition(":")
+    for spec in settings.get("windows", []):
+        pattern, _, layout = str(spec).partition(":")
         if layout not in ("", "tokens", "nchw") or not pattern:
             raise UsageError(f"--windows wants PATTERN or PATTERN:tokens, got {spec!r}")
         windows[pattern] = BatchedWindows("tokens" if layout == "tokens" else "nchw")
-    net = network_from_factory(module, args.weights)
+    net = network_from_factory(module, weights)
     try:
-        model, plan = user_model(net, args.scale, input_range=args.input_range, name=module,
-                                 size=SizeRequirements(multiple_of=args.multiple_of), weights=args.weights,
-                                 windows=windows)
+        model, plan = user_model(net, scale, input_range=float(settings.get("input_range", 1.0)), name=module,
+                                 size=SizeRequirements(multiple_of=multiple_of), weights=weights, windows=windows)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(plan.summary(), file=sys.stderr)

@@ -9,6 +9,7 @@ PyTorch before it is written; the last line says the result.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -28,6 +29,7 @@ from amsr.cli.common import (
     mask_options_given,
     model_from_args,
     parser,
+    user_network_args,
     run_main,
 )
 from amsr.errors import AmsrError
@@ -100,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
     identity = {"amsr.model": name, "amsr.variant": model.variant}
     if model.weights.is_file():  # a --module without --weights has its factory's weights, no file
         identity["amsr.weights_sha256"] = sha256_of(model.weights)
+    if args.module:  # what amsr-parity needs to rebuild the same model from the file
+        identity["amsr.user_network"] = json.dumps(user_network_args(args), sort_keys=True)
     add_metadata(onnx_path, identity)
     meta = read_metadata(onnx_path)
     kind = meta.get("amsr.kind", "dense")

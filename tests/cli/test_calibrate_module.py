@@ -113,6 +113,22 @@ def test_exports_a_user_module_with_its_name_in_the_graph(user_package: Path, ca
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["amsr.model"] == "mynet_cli:build" and meta["amsr.kind"] == "accelerated"
     assert "amsr.weights_sha256" not in meta  # no --weights: the factory's own weights, no file to hash
+    assert json.loads(meta["amsr.user_network"]) == {"input_range": 255.0, "multiple_of": 1, "windows": []}
+
+    # amsr-parity rebuilds the same model from the file alone (the module importable from the current directory)
+    from amsr.cli.parity import main as parity_main
+
+    data = user_package / "set"
+    (data / "LR").mkdir(parents=True)
+    torch.manual_seed(1)
+    from PIL import Image
+
+    for i in range(2):
+        pixels = (torch.rand(20, 24, 3) * 255).to(torch.uint8).numpy()
+        pixels[:, :10] = 128  # a flat part and a textured part
+        Image.fromarray(pixels).save(data / "LR" / f"img_{i}.png")
+    assert parity_main(["--onnx", str(out), "--data", str(data)]) == 0, capsys.readouterr().err
+    assert "PASSED" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
