@@ -1,4 +1,4 @@
-"""amsr-eval: dense vs AMSR quality and effective compute of a zoo model on an HR/LR folder."""
+"""amsr-eval: dense vs AMSR quality and effective compute of a zoo model (or your own, --module) on an HR/LR folder."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from amsr.cli.common import (
     add_verbose_arg,
     config_and_source,
     describe_settings,
+    graph_model,
     load_model,
+    mask_options_given,
+    model_from_args,
     parser,
     run_main,
     write_json,
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = parser("amsr-eval", __doc__,
                "amsr-eval --model carn_m --scale 4 --data Set5/x4 --json carn_m_x4.json   # Set5/x4/{HR,LR}/",
                "amsr-eval --backend onnxruntime --onnx carn_m_x4.onnx --data Set5/x4   # an amsr-export graph")
-    add_model_args(p, required=False)
+    add_model_args(p, required=False, user_module=True)
     add_mask_args(p)
     p.add_argument("--data", required=True, metavar="DIR", help="folder with HR/ and LR/ of the same file names")
     p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
@@ -78,7 +81,11 @@ def _onnx_identity(args: argparse.Namespace) -> None:
     if args.onnx is None or not args.onnx.is_file():
         raise AmsrError("--backend onnxruntime needs --onnx FILE (an amsr-export output)")
     meta = read_metadata(args.onnx)  # validated: a malformed amsr.* value is one CheckpointError line
-    args.model = args.model or meta.get("amsr.model")
+    args.onnx_meta = meta
+    if "amsr.user_network" in meta and args.model is None and args.module is None:
+        args.module = meta.get("amsr.model")  # amsr-export --module: rebuilt from the file (graph_model)
+    elif args.module is None:
+        args.model = args.model or meta.get("amsr.model")
     args.scale = args.scale or int_field(meta, "amsr.scale", str(args.onnx))
     args.variant = args.variant or meta.get("amsr.variant", "")
     if meta.get("amsr.kind") != "accelerated":
@@ -122,8 +129,13 @@ def _run(args: argparse.Namespace) -> int:
     pairs = find_pairs(args.data)
     if args.backend == "onnxruntime":
         _onnx_identity(args)
-    if not args.model or not args.scale:
-        raise AmsrError("--model and --scale are required (or --backend onnxruntime --onnx FILE)")
+    name = args.model or args.module
+    if not name or not args.scale:
+        raise AmsrError("--model (or --module) and --scale are required (or --backend onnxruntime --onnx FILE)")
+    if (args.module and args.backend == "pytorch" and args.quality_budget is None
+            and not (args.operating_point or mask_options_given(args))):
+        raise AmsrError(f"{name}: --module has no shipped operating point: give mask options, --operating-point "
+                        "FILE or --quality-budget DB")
     config: MaskConfig | None = args.onnx_config if args.backend == "onnxruntime" else None
     extra: dict[str, object] = {}
     if args.quality_budget is not None:
@@ -139,11 +151,14 @@ def _run(args: argparse.Namespace) -> int:
     elif config is None:
         config, source = config_and_source(args)
         if config is None:
-            raise AmsrError(f"{args.model} x{args.scale}: {describe_settings(config, source)}; nothing to "
+            raise AmsrError(f"{name} x{args.scale}: {describe_settings(config, source)}; nothing to "
                             "compare: give mask options or --operating-point FILE")
         if source is not None:
             extra = {"operating_point": source}
-    model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    if args.backend == "onnxruntime" and args.module == args.onnx_meta.get("amsr.model"):
+        model = graph_model(args.onnx, args.onnx_meta, scale=args.scale, weights=args.weights)
+    else:
+        model = model_from_args(args, load_model)
     acc = model.accelerated(config)
     inner = unwrap_accelerated(acc)
 
@@ -152,11 +167,11 @@ def _run(args: argparse.Namespace) -> int:
         return float(inner.last_mask.mean())
 
     def progress(it: Iterable[ImagePair]) -> Iterable[ImagePair]:
-        return tqdm(it, desc=f"{args.model} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
+        return tqdm(it, desc=f"{name} x{args.scale}", unit="img", disable=args.no_progress, file=sys.stderr)
 
     scored = _ort_scored(acc, args.onnx) if args.backend == "onnxruntime" else acc
     extra["backend"] = args.backend
-    report = evaluate(args.model, args.scale, model.dense(), scored, density, pairs, {**config.to_json(), **extra},
+    report = evaluate(name, args.scale, model.dense(), scored, density, pairs, {**config.to_json(), **extra},
                       progress, windows_of=inner.window_fraction)
     print(format_table(report))
     if args.json:

@@ -97,7 +97,31 @@ def test_weights_that_do_not_fit_are_one_line(user_package: Path, train_dir: Pat
     assert len(err.strip().splitlines()) == 1 and "does not fit mynet_cli:build()" in err and "Missing key" in err
 
 
-def test_exports_a_user_module_with_its_name_in_the_graph(user_package: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _set5_x2(data_dir: Path, folder: Path) -> Path:
+    import shutil
+
+    for sub in ("LR", "HR"):
+        (folder / sub).mkdir(parents=True)
+        for name in ("img_002.png", "img_005.png"):
+            shutil.copy(data_dir / "Set5" / "x2" / sub / name, folder / sub / name)
+    return folder
+
+
+def test_evaluates_a_user_module(user_package: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from amsr.cli.eval import main as eval_main
+
+    data = _set5_x2(data_dir, user_package / "pairs")
+    base = ["--module", "mynet_cli:build", "--scale", "2", "--input-range", "255", "--data", str(data)]
+    assert eval_main(base) == 1  # no operating point of its own: say what to give
+    assert "--module has no shipped operating point" in capsys.readouterr().err
+    report = user_package / "eval.json"
+    assert eval_main([*base, "--dilation", "4", "--output-dilation", "1", "--no-progress", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["model"] == "mynet_cli:build" and r["images"] == 2 and r["amsr"]["gmacs"] <= r["dense"]["gmacs"]
+
+
+def test_exports_a_user_module_with_its_name_in_the_graph(user_package: Path, data_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnxruntime", reason="the export check needs onnxruntime (pip install 'amsr[onnx]')")
     import onnx
 
@@ -129,6 +153,14 @@ def test_exports_a_user_module_with_its_name_in_the_graph(user_package: Path, ca
         Image.fromarray(pixels).save(data / "LR" / f"img_{i}.png")
     assert parity_main(["--onnx", str(out), "--data", str(data)]) == 0, capsys.readouterr().err
     assert "PASSED" in capsys.readouterr().out
+    # and amsr-eval scores the graph in onnxruntime, the network rebuilt from the file as well
+    from amsr.cli.eval import main as eval_main
+
+    pairs = _set5_x2(data_dir, user_package / "pairs")
+    report = user_package / "eval.json"
+    assert eval_main(["--backend", "onnxruntime", "--onnx", str(out), "--data", str(pairs), "--no-progress",
+                      "--json", str(report)]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["model"] == "mynet_cli:build"
 
 
 @pytest.mark.parametrize("args, message", [
