@@ -37,6 +37,7 @@ from torch import nn
 
 from amsr.errors import ExportError
 from amsr.masking.mask import MaskConfig, MaskGenerator
+from amsr.module_swap import swap_modules
 from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
 from amsr.sparse.rows import row_program
 from amsr.sparse.tail import TailMaskedConv
@@ -313,11 +314,8 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
     output blend) is exported as that program; ``False`` keeps the per-stage GatherND/ScatterND path."""
     prepared = copy.deepcopy(model)
     indices = SparseIndices()
-    swapped: dict[int, nn.Module] = {}  # CARN-M calls one module three times: swap it once, keep sharing
 
     def twin(m: nn.Module) -> nn.Module | None:
-        if id(m) in swapped:
-            return swapped[id(m)]
         new: nn.Module | None = None
         if rows and isinstance(m, AcceleratedSR) and (program := row_program(m)) is not None:
             new = program
@@ -345,22 +343,11 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
             # gathers at HR resolution are not exportable, and slower than the dense conv in every runtime
             # measured: results/bench/gpu).
             new = m.conv
-        if new is not None:
-            swapped[id(m)] = new
         return new
 
-    def visit(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            new = twin(child)
-            if new is not None:
-                setattr(parent, name, new)
-            if not isinstance(new, (GatherScatterConv2d, ExportMaskGenerator, ExportSwinBlock,
-                                    GatherScatterSwinBlock, GatherScatterWindowBatch)):
-                visit(new if new is not None else child)
-
-    root = twin(prepared)
-    visit(root if root is not None else prepared)
-    return (root if root is not None else prepared).eval()
+    final = (GatherScatterConv2d, ExportMaskGenerator, ExportSwinBlock, GatherScatterSwinBlock,
+             GatherScatterWindowBatch)  # twins whose children are the originals' own (already exportable)
+    return swap_modules(prepared, twin, lambda new: isinstance(new, final)).eval()
 
 
 def export_min_size(model: nn.Module) -> int:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amsr.module_swap import swap_modules
 from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
 from amsr.tracing import is_tracing
 
@@ -146,18 +147,7 @@ def to_tiles(model: nn.Module, tile: int = DEFAULT_TILE, inplace: bool = False) 
     """
     model = model if inplace else copy.deepcopy(model)
     indices = TileIndices()
-    swapped: dict[int, nn.Module] = {}
-
-    def visit(parent: nn.Module) -> None:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MaskedConv2d):
-                if id(child) not in swapped:
-                    swapped[id(child)] = TileMaskedConv2d(child, tile, indices)
-                setattr(parent, name, swapped[id(child)])
-            else:
-                visit(child)
-
-    visit(model)
-    if not swapped:
+    model = swap_modules(model, lambda m: TileMaskedConv2d(m, tile, indices) if isinstance(m, MaskedConv2d) else None)
+    if not any(isinstance(m, TileMaskedConv2d) for m in model.modules()):
         raise ValueError(f"{type(model).__name__} has no MaskedConv2d to run in tiles")
     return model
