@@ -38,8 +38,8 @@ from amsr.zoo.padding import padded_size
 # Probe input side: large enough for typical window sizes (8, 16) and downsampling branches to show their
 # own resolution, small enough to run in well under a second on a CPU.
 PROBE_PX = 48
-# Side of the receptive-radius probe: radii up to 47 LR px are measured (CARN-M x4: 21; the two user networks
-# of issue #16: 37 and more than 47), beyond that — or for a global op — the plan says "at least".
+# Side of the receptive-radius probe: radii up to 46 LR px are measured (CARN-M x4: 21; the two user networks
+# of issue #16: IMDN baseline 23, DITN_Real 43), beyond that — or for a global op — the plan says "more than".
 RADIUS_PROBE_PX = 96
 
 

@@ -121,20 +121,24 @@ def _torch_export(module: nn.Module, sample: torch.Tensor, output_name: str, min
         try:
             program = _dynamo_export(module, sample, output_name, opset, dims)
         except Exception as e:  # the exporter raises many unrelated types; all mean "no graph"
-            first = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            first = _first_line(e)
             if not fallback:
                 raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from e
             try:
                 proto = _torchscript_export(module, sample, output_name, opset)
             except Exception as e2:
-                second = f"{type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''}"
                 raise ExportError(f"torch.onnx.export failed for {type(module).__name__} with both exporters: "
-                                  f"dynamo: {first}; TorchScript: {second}") from e2
+                                  f"dynamo: {first}; TorchScript: {_first_line(e2)}") from e2
             log.warning("the dynamo exporter failed (%s); exported with the TorchScript exporter", first)
             return proto, "torchscript"
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     return program.model_proto, "dynamo"
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message``: exporter errors run to pages of trace."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _dynamo_export(module: nn.Module, sample: torch.Tensor, output_name: str, opset: int,
