@@ -9,8 +9,8 @@ The public API, for a zoo model and for your own network::
     print(plan.summary())                                     # what is made sparse, what is not, and why
 
 The names resolve at first use (PEP 562), so ``import amsr`` — and every CLI's ``--help`` — does not import
-torch. Layers (README, Layout): ``amsr.masking`` → ``amsr.sparse`` → surgery/zoo → ``amsr.export`` →
-``amsr.runtime`` → ``amsr.tools`` → ``amsr.cli``.
+torch. Layers (README, Layout): ``amsr.core`` → ``amsr.io``, ``amsr.masking`` → ``amsr.zoo`` → ``amsr.sparse``
+→ surgery/models → ``amsr.rows`` → ``amsr.export`` → ``amsr.runtime`` → ``amsr.tools`` → ``amsr.cli``.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ _API: dict[str, str] = {
     "AccelerationPlan": "amsr.user_network",
     "SizeRequirements": "amsr.zoo.descriptor",
     "SparseRules": "amsr.zoo.descriptor",
-    "WindowAdapter": "amsr.sparse.window_adapter",
+    "WindowAdapter": "amsr.core.window_adapter",
     "BatchedWindows": "amsr.sparse.window_batch",
-    "AmsrError": "amsr.errors",
-    "UnsupportedModelError": "amsr.errors",
-    "CheckpointError": "amsr.errors",
-    "InputImageError": "amsr.errors",
-    "BackendUnavailableError": "amsr.errors",
-    "ExportError": "amsr.errors",
+    "AmsrError": "amsr.core.errors",
+    "UnsupportedModelError": "amsr.core.errors",
+    "CheckpointError": "amsr.core.errors",
+    "InputImageError": "amsr.core.errors",
+    "BackendUnavailableError": "amsr.core.errors",
+    "ExportError": "amsr.core.errors",
 }
 
 __all__ = ["AccelerationPlan", "AcceleratedSR", "AmsrError", "BackendUnavailableError", "BatchedWindows",
@@ -49,7 +49,7 @@ __all__ = ["AccelerationPlan", "AcceleratedSR", "AmsrError", "BackendUnavailable
            "plan_acceleration", "user_model"]
 
 if TYPE_CHECKING:
-    from amsr.errors import (
+    from amsr.core.errors import (
         AmsrError,
         BackendUnavailableError,
         CheckpointError,
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
     from amsr.models import LoadedModel, load_model
     from amsr.surgery import AcceleratedSR, accelerate, find_identity_convs
-    from amsr.sparse.window_adapter import WindowAdapter
+    from amsr.core.window_adapter import WindowAdapter
     from amsr.sparse.window_batch import BatchedWindows
     from amsr.user_network import AccelerationPlan, plan_acceleration, user_model
     from amsr.zoo.descriptor import SizeRequirements, SparseRules

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.masking.mask import MaskConfig
 from amsr.sparse.pixel import ExecutionMode
 from amsr.surgery import AcceleratedSR, accelerate, check_sr_input, parameter_dtype
-from amsr.tracing import is_tracing
+from amsr.core.tracing import is_tracing
 from amsr.weights import check_official_scale, resolve_weights
 from amsr.zoo import Architecture, detect_architecture, get_architecture
 from amsr.zoo.padding import PaddedSR

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from amsr.errors import AmsrError, did_you_mean
+from amsr.core.errors import AmsrError, did_you_mean
 from amsr.masking.mask import MaskConfig
 from amsr.zoo.descriptor import SparseRules
 

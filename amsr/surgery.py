@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import InputImageError, UnsupportedModelError
+from amsr.core.errors import InputImageError, UnsupportedModelError
 from amsr.masking.mask import MaskConfig, MaskGenerator, dilate, require_finite
 from amsr.sparse.hit import MaskedHiTBlock
 from amsr.sparse.pixel import (
@@ -29,10 +29,10 @@ from amsr.sparse.pixel import (
 )
 from amsr.sparse.tail import TailContext, TailMaskedConv, tail_layers
 from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
-from amsr.sparse.window_adapter import WindowAdapter
+from amsr.core.window_adapter import WindowAdapter
 from amsr.sparse.window_batch import MaskedWindowBatch
-from amsr.tracing import is_tracing
-from amsr.upsample import bicubic_upscale, nearest_upscale
+from amsr.core.tracing import is_tracing
+from amsr.core.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.descriptor import SparseRules
 from amsr.zoo.hit_srf_arch import HierarchicalTransformerBlock
 from amsr.zoo.ngswin_arch import NSTB
@@ -135,7 +135,7 @@ class AcceleratedSR(nn.Module):
     ``F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)`` (torch's bicubic, a = −0.75,
     not MATLAB's imresize). ``last_output_mask`` keeps ``m_out`` (LR size; ``None`` without a blend).
     Tail convs wrapped as ``TailMaskedConv`` (``tail`` of ``accelerate``) then run only where they can reach
-    a kept SR pixel; an unwrapped tail runs densely and is counted in full by ``amsr.cost``.
+    a kept SR pixel; an unwrapped tail runs densely and is counted in full by ``amsr.core.cost``.
 
     ``forward`` refuses (``InputImageError``, eager only) a non-4-D input, another dtype than the network's
     parameters, and NaN/Inf values, which would otherwise zero the whole image's mask (``require_finite``).
@@ -209,7 +209,7 @@ def blend_output(x: torch.Tensor, y: torch.Tensor, output_mask: torch.Tensor,
                  scale: int | None = None) -> torch.Tensor:
     """``where(output_mask↑, y, bicubic(x))``: the network's SR ``y`` where the (nearest-upsampled) LR mask
     is 1, torch bicubic (``align_corners=False``) of the LR input ``x`` elsewhere. With ``scale`` (y is
-    exactly ``scale``× x) the upsampling runs as conv + pixel shuffle and a broadcast (``amsr.upsample``:
+    exactly ``scale``× x) the upsampling runs as conv + pixel shuffle and a broadcast (``amsr.core.upsample``:
     same values, much faster than ONNX Resize in onnxruntime)."""
     if scale is not None:
         return torch.where(nearest_upscale(output_mask, scale) > 0.5, y, bicubic_upscale(x, scale))

@@ -1,6 +1,6 @@
 """Your own network as a ``LoadedModel``, so that every tool takes it as it takes a zoo model: the accelerated
 form with the output blend, calibration of an operating point (``amsr.tools.calibrate``), effective-MAC
-counting (``amsr.cost``), ONNX export and parity (``amsr.export``, ``amsr.runtime``)::
+counting (``amsr.core.cost``), ONNX export and parity (``amsr.export``, ``amsr.runtime``)::
 
     model, plan = amsr.user_model(net, scale=4, input_range=255)
     print(plan.summary())                 # what was made sparse, what was not, and why
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.models import LoadedModel
 from amsr.sparse.pixel import check_maskable_conv
-from amsr.sparse.window_adapter import WindowAdapter
+from amsr.core.window_adapter import WindowAdapter
 from amsr.surgery import WINDOW_LAYERS, match_modules
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules
 from amsr.zoo.padding import padded_size

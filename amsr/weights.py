@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from amsr import paths
-from amsr.errors import CheckpointError
-from amsr.files import atomic_path, check_writable
+from amsr.core import paths
+from amsr.core.errors import CheckpointError
+from amsr.core.files import atomic_path, check_writable
 from amsr.zoo.descriptor import Architecture, WeightFile
 
 log = logging.getLogger(__name__)

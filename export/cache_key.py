@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amsr.files import save_bytes
+from amsr.core.files import save_bytes
 
 if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig

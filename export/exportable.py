@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 from amsr.masking.mask import MaskConfig, MaskGenerator
-from amsr.module_swap import swap_modules
+from amsr.core.module_swap import swap_modules
 from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
-from amsr.sparse.rows import row_program
+from amsr.rows import row_program
 from amsr.sparse.tail import TailMaskedConv
 from amsr.sparse.window import MaskedSwinBlock, MaskedWindowLayer
 from amsr.sparse.window_batch import MaskedWindowBatch
@@ -310,7 +310,7 @@ class PaddedForExport(nn.Module):
 def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
     """A copy of ``model`` with the export twins swapped in (module names and parameter sharing kept).
 
-    ``rows``: an ``AcceleratedSR`` that has a row program (``amsr.sparse.rows.row_program``: CARN / CARN-M with the
+    ``rows``: an ``AcceleratedSR`` that has a row program (``amsr.rows.row_program``: CARN / CARN-M with the
     output blend) is exported as that program; ``False`` keeps the per-stage GatherND/ScatterND path."""
     prepared = copy.deepcopy(model)
     indices = SparseIndices()
@@ -333,8 +333,9 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
             new = GatherScatterWindowBatch(m)
         elif isinstance(m, MaskedWindowLayer):
             inner = getattr(m, "block", m)
-            raise ExportError(f"ONNX export of window selection supports SwinIR blocks (swinir, imdtn), not "
-                              f"{type(inner).__name__}: export this model with --dense, or use the PyTorch path")
+            raise ExportError(f"ONNX export of window selection supports the window blocks of "
+                              f"{', '.join(window_exporting_architectures())}, not {type(inner).__name__}: export "
+                              f"this model with --dense, or use the PyTorch path")
         elif isinstance(m, SwinTransformerBlock):
             new = ExportSwinBlock(m)
         elif isinstance(m, TailMaskedConv):
@@ -348,6 +349,14 @@ def prepare_for_export(model: nn.Module, rows: bool = True) -> nn.Module:
     final = (GatherScatterConv2d, ExportMaskGenerator, ExportSwinBlock, GatherScatterSwinBlock,
              GatherScatterWindowBatch)  # twins whose children are the originals' own (already exportable)
     return swap_modules(prepared, twin, lambda new: isinstance(new, final)).eval()
+
+
+def window_exporting_architectures() -> list[str]:
+    """The zoo ids whose window selection exports (``SparseRules.window_export``, the descriptors' fact)."""
+    from amsr.zoo import architecture_names, get_architecture
+
+    rules = {name: get_architecture(name).rules for name in architecture_names()}
+    return [name for name, r in rules.items() if r.windows and r.window_export]
 
 
 def export_min_size(model: nn.Module) -> int:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from amsr.errors import CheckpointError
-from amsr.files import atomic_path
+from amsr.core.errors import CheckpointError
+from amsr.core.files import atomic_path
 
 if TYPE_CHECKING:
     import onnx

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from amsr.errors import BackendUnavailableError, ExportError
+from amsr.core.errors import BackendUnavailableError, ExportError
 from amsr.export.exportable import export_min_size, mask_generator_of, pads_input, prepare_for_export
-from amsr.files import atomic_path
-from amsr.sparse.rows import is_row_program
+from amsr.core.files import atomic_path
+from amsr.rows import is_row_program
 
 if TYPE_CHECKING:
     import numpy as np
@@ -286,7 +286,7 @@ def export_onnx(model: nn.Module, out: str | Path, opset: int = MIN_OPSET, sampl
             17×23 before it reaches ``out``: ``amsr.runtime.export_check.onnxruntime_check`` (onnxruntime,
             Polygraphy, atol 1e-4, masks identical; skipped with a warning when they are missing). ``None``:
             not run (onnx.checker only).
-        rows: export an accelerated CARN / CARN-M with an output blend as its row program (``amsr.sparse.rows``:
+        rows: export an accelerated CARN / CARN-M with an output blend as its row program (``amsr.rows``:
             work follows the active pixels end to end); ``False``: the per-stage GatherND/ScatterND graph.
 
     Returns:

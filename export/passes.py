@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 
 if TYPE_CHECKING:
     import onnx

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from amsr.errors import ExportError
-from amsr.files import atomic_path
+from amsr.core.errors import ExportError
+from amsr.core.files import atomic_path
 from amsr.plugins.masked_conv3x3 import ONNX_DOMAIN, ONNX_OP_TYPE, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 if TYPE_CHECKING:

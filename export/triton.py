@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from amsr.errors import BackendUnavailableError, ExportError
-from amsr.files import atomic_path, save_bytes
+from amsr.core.errors import BackendUnavailableError, ExportError
+from amsr.core.files import atomic_path, save_bytes
 
 _ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 7: "TYPE_INT64", 6: "TYPE_INT32", 2: "TYPE_UINT8"}
 

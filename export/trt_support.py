@@ -151,7 +151,7 @@ def check_trt_support(model: onnx.ModelProto | str | Path) -> list[TrtSupportPro
 
 def require_trt_support(model: onnx.ModelProto | str | Path) -> None:
     """``ExportError`` listing every problem ``check_trt_support`` finds (up to 20)."""
-    from amsr.errors import ExportError
+    from amsr.core.errors import ExportError
 
     problems = check_trt_support(model)
     if problems:

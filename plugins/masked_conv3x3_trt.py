@@ -11,7 +11,7 @@ Not verified on a GPU here (see plugins/README.md); the kernel's math is tested 
 
 # No ``from __future__ import annotations``: tensorrt.plugin validates the decorated functions' annotations
 # as real classes (a string annotation is rejected).
-from amsr.errors import BackendUnavailableError
+from amsr.core.errors import BackendUnavailableError
 from amsr.plugins.masked_conv3x3 import PLUGIN_ID
 
 try:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 from amsr.io.user_images import find_images, read_image, write_png
 from amsr.runtime.upscaler import Upscaler
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from amsr.errors import AmsrError, BackendUnavailableError, CheckpointError, InputImageError, UnsupportedModelError
+from amsr.core.errors import AmsrError, BackendUnavailableError, CheckpointError, InputImageError, UnsupportedModelError
 from amsr.runtime.tiling import Tile, TileRun, assemble, context, iter_tiles, tile_bounds
 
 try:  # pure Python and shipped with the same extra as onnxruntime; onnxruntime itself is imported lazily
@@ -292,7 +292,7 @@ class OrtUpscaler:
         """The mask head and tail sessions (or the whole mask stage when the graph does not split)."""
         if self._mask_session is not None:
             return
-        from amsr.errors import ExportError
+        from amsr.core.errors import ExportError
         from amsr.export.metadata import mask_config_field
         from amsr.export.passes import extract_mask_subgraph
         from amsr.masking.mask import MAX_BLUR_SIZE
@@ -387,7 +387,7 @@ def _crop(a: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
 def _hf_tensor(graph: Any) -> Any:
     """The high-frequency map (N×1×H×W) of a mask-only graph: the ReduceMean the 2-means flattens (the Reshape
     read by its first ReduceMin). ``ExportError`` when the graph is not built that way."""
-    from amsr.errors import ExportError
+    from amsr.core.errors import ExportError
 
     first_min = next((n for n in graph.nodes if n.op == "ReduceMin"), None)
     flat = first_min.inputs[0] if first_min is not None else None
@@ -422,7 +422,7 @@ def _reads_no_channels(node: Any) -> bool:
 def mask_tail(graph: Any) -> Any:
     """The mask stage after the high-frequency map: input the map (N×1×H×W float32), outputs the masks (the
     2-means and the dilations). The sizes the stage reads from ``lr`` (N, H, W) are read from the map."""
-    from amsr.errors import ExportError
+    from amsr.core.errors import ExportError
     from amsr.export.passes import extract_mask_subgraph
 
     extract_mask_subgraph(graph)

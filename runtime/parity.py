@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amsr.errors import BackendUnavailableError, InputImageError
+from amsr.core.errors import BackendUnavailableError, InputImageError
 from amsr.runtime.onnxrt import OrtSessionFromOnnx, import_onnxruntime
 
 try:  # Polygraphy imports onnx and onnxruntime lazily, at first use

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from amsr.errors import BackendUnavailableError
+from amsr.core.errors import BackendUnavailableError
 from amsr.runtime.jobs import Job, JobResult
 from amsr.runtime.upscaler import RunOptions
 

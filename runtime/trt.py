@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
-from amsr.files import save_bytes
+from amsr.core.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
+from amsr.core.files import save_bytes
 from amsr.weights import sha256_of
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_engine: str | os.PathLik
             below the graph's minimum input size.
         BackendUnavailableError: no tensorrt package or no NVIDIA GPU; or the build failed.
     """
-    from amsr.errors import ExportError
+    from amsr.core.errors import ExportError
     from amsr.export.trt_support import require_trt_support
 
     config = config or BuildConfig()

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amsr.errors import InputImageError
+from amsr.core.errors import InputImageError
 from amsr.runtime.tiling import Tile, context
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class Upscaler:
     @classmethod
     def from_options(cls, path: str | os.PathLike[str], options: RunOptions) -> Upscaler:
         """``from_onnx`` with the options as one ``RunOptions``."""
-        from amsr.errors import CheckpointError
+        from amsr.core.errors import CheckpointError
         from amsr.runtime.onnxrt import OrtUpscaler
 
         path = Path(path)
@@ -377,7 +377,7 @@ def exported_model_path(name: str, scale: int, dilation: int | None = None, acce
         OutputPathError: the export is needed and the cache folder refuses new files.
     """
     from amsr.export.cache_key import cached_export, entry_problem
-    from amsr.files import check_writable
+    from amsr.core.files import check_writable
 
     out, wpath, config, key = _cache_entry(name, scale, dilation, accelerated, mask, variant, weights, cache_dir,
                                            opset)
@@ -416,7 +416,7 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
     The file is named after everything that changes the graph, so a stale export is never reused:
     ``<name>[-<variant>]_x<scale>_<dense | amsr-d<dilation>-<hash of all mask settings>>_w<checkpoint
     sha256>_op<opset>_<hash of the torch, onnx, onnxscript versions and amsr's source>.onnx`` in ``cache_dir``
-    (default ``<amsr cache>/onnx``, see ``amsr.paths.cache_dir``): ``amsr.export.cache_key.ExportKey.file_name``, the
+    (default ``<amsr cache>/onnx``, see ``amsr.core.paths.cache_dir``): ``amsr.export.cache_key.ExportKey.file_name``, the
     scheme amsr-bench's cache uses too.
 
     Raises:
@@ -428,8 +428,8 @@ def export_cache_path(name: str, scale: int, dilation: int | None = None, accele
 def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool, mask: MaskConfig | None,
                  variant: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
                  opset: int | None) -> tuple[Path, Path, MaskConfig, ExportKey]:
-    from amsr import paths
-    from amsr.errors import AmsrError, UnsupportedModelError
+    from amsr.core import paths
+    from amsr.core.errors import AmsrError, UnsupportedModelError
     from amsr.export.cache_key import export_key
     from amsr.masking.mask import MaskConfig
     from amsr.weights import resolve_weights

@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.bench import main as bench_main
 
 THR = ["--window-threshold", "0.5", "--dilation", "1"]

@@ -1,4 +1,4 @@
-"""How to run one grouped 3×3 conv on rows in onnxruntime (the choice behind ``amsr.sparse.rows.grid.grouped_conv3x3_rows``).
+"""How to run one grouped 3×3 conv on rows in onnxruntime (the choice behind ``amsr.rows.grid.grouped_conv3x3_rows``).
 
     python scripts/bench_row_conv.py [--rows 80000] [--groups 4] [--threads 2]
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amsr.files import save_bytes
+from amsr.core.files import save_bytes
 from amsr.io.user_images import find_images
 from amsr.runtime.jobs import Job, run_job
 from amsr.runtime.upscaler import RunOptions, Upscaler, exported_model_path

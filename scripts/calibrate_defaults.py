@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
-from amsr.files import save_bytes
+from amsr.core.files import save_bytes
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
 from amsr.operating_point import (
@@ -182,7 +182,7 @@ def markdown(zoo: dict[str, object], tests: dict[str, object]) -> str:
         "",
         ("Chosen on calibration images by `scripts/calibrate_defaults.py` (most GMACs saved with mean Y-PSNR "
          "loss ≤ budget), then scored on the test sets (never used to choose). ΔPSNR-Y vs the dense model "
-         "(negative = worse); saved = effective GMACs saved (`amsr.cost`)."),
+         "(negative = worse); saved = effective GMACs saved (`amsr.core.cost`)."),
         "",
         (f"Calibration: {about.get('source', '?')}; centre crop {about.get('crop_lr_px')} LR px; "
          f"grid: `default_grid` ({about.get('grid')})."),

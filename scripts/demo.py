@@ -14,7 +14,7 @@
 4. report: per image and per set — Y-PSNR against HR (``amsr.io.metrics.psnr_y``, ``scale`` px shaved) dense
    and accelerated, ΔPSNR, PSNR of the accelerated output against the dense one (8-bit RGB, whole image,
    ``amsr.runtime.fidelity.psnr_u8``), mask density, effective GMACs from the realised mask
-   (``amsr.cost.run_counting_macs`` of what ran: the row program, or the dense network), time ratio
+   (``amsr.core.cost.run_counting_macs`` of what ran: the row program, or the dense network), time ratio
    accelerated / dense and the path ``auto`` ran. Printed as a table and written to OUT/report.md and
    OUT/report.json, with OUT/worst_blocks.png: the worst 32×32 blocks against dense (each image's worst, then
    the worst overall), dense | accelerated | |Δ|×8 | HR (``amsr.runtime.fidelity.contact_sheet``). Images
@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import quiet_export_noise
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 MODEL, SCALE = "carn_m", 4
 # Two photos far below the rows' break-even (density ≈ 0.03 and 0.16), one right at it (0.39: rows, about as
@@ -117,7 +117,7 @@ def say(msg: str = "") -> None:
 def export_graphs(cfg: DemoConfig) -> dict[str, Any]:
     """The shipped default and the dense graph (cached exports), copied into ``cfg.out``."""
     from amsr.export.metadata import execution_field, read_metadata
-    from amsr.files import save_with
+    from amsr.core.files import save_with
     from amsr.operating_point import shipped_default_or_dense
     from amsr.runtime.upscaler import dense_fallback, export_cache_path, exported_model_path
 
@@ -233,13 +233,13 @@ def score(cfg: DemoConfig, model: Any, graphs: dict[str, Any], samples: list[Sam
     """Per-image rows: quality against HR and dense, effective GMACs of what ran, times and flags."""
     import torch
 
-    from amsr.cost import run_counting_macs
+    from amsr.core.cost import run_counting_macs
     from amsr.io.images import to_tensor
     from amsr.io.metrics import psnr_y
     from amsr.masking.mask import MaskGenerator
     from amsr.models import unwrap_accelerated
     from amsr.runtime.fidelity import psnr_u8, worst_blocks
-    from amsr.sparse.rows import row_program
+    from amsr.rows import row_program
 
     # The dense count on the meta device: shapes only, no arithmetic (the same hooks, the same numbers; PyTorch's
     # grouped convs take seconds per photo on 2 cores). A model the meta device cannot run is counted for real.
@@ -498,7 +498,7 @@ def _centre_crop(set_name: str, name: str, lr: np.ndarray, hr: np.ndarray, scale
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """The whole demonstration; returns the JSON report (also written to ``cfg.out``)."""
-    from amsr.files import check_writable_dir, save_bytes
+    from amsr.core.files import check_writable_dir, save_bytes
     from amsr.io.images import save_png
     from amsr.models import load_model
     from amsr.sparse.auto import dense_above

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
-from amsr.errors import AmsrError
-from amsr.files import save_bytes
+from amsr.core.errors import AmsrError
+from amsr.core.files import save_bytes
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
 from amsr.tools.evaluate import _mean, find_pairs, load_pair, score

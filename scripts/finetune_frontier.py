@@ -1,5 +1,5 @@
 """The quality/compute frontier of fine-tuned vs training-free weights on test sets (reported, never used to
-choose anything): every setting of ``default_grid`` scored against the *original* dense network
+choose anything): every setting of ``default_grid(fine_tuned=True)`` scored against the *original* dense network
 (``score_grid(reference=)``) for the original and the fine-tuned checkpoint, and one plot of loss vs GMACs
 saved per set, with each checkpoint's frontier (the best saving at each loss).
 
@@ -61,12 +61,13 @@ def main() -> int:
     ap.add_argument("--weights", type=Path, required=True, help="the fine-tuned checkpoint")
     ap.add_argument("--sets", nargs="+", required=True, help="folders with HR/ and LR/")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     original = load_model(a.model, a.scale)
     models = {"training-free": original, f"fine-tuned ({a.weights.name})": load_model(a.model, a.scale,
                                                                                         weights=a.weights)}
-    grid = default_grid(original)
+    grid = default_grid(original, fine_tuned=True)  # the same settings for both checkpoints
     results: dict[str, dict[str, list[dict[str, float]]]] = {k: {} for k in models}
     for folder in a.sets:
         set_name = Path(folder).parent.name

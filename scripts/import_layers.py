@@ -21,8 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"amsr": ROOT / "amsr", "amsr.export": ROOT / "export", "amsr.runtime": ROOT / "runtime",
            "amsr.plugins": ROOT / "plugins"}
 # Lowest first; a module may import its own layer and those below it. The plugins build on export's graphs.
+# The method has layers of its own ("method/…"): the base, images, the mask, the networks, the sparse layers,
+# the surgery and models that assemble them (top-level ``amsr``), and the row programs built from the result.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("method", ("amsr",)),
+    ("method/core", ("amsr.core",)),
+    ("method/io", ("amsr.io",)),
+    ("method/masking", ("amsr.masking",)),
+    ("method/zoo", ("amsr.zoo",)),
+    ("method/sparse", ("amsr.sparse",)),
+    ("method/assembly", ("amsr",)),
+    ("method/rows", ("amsr.rows",)),
     ("export", ("amsr.export", "amsr.plugins")),
     ("runtime", ("amsr.runtime",)),
     ("tools", ("amsr.tools",)),
@@ -131,7 +139,10 @@ def main() -> int:
     for m, targets in graph.items():
         pm = package_of(m, known)
         packages.setdefault(pm, set()).update(package_of(t, known) for t in targets if package_of(t, known) != pm)
-    per_layer = {name: sum(1 for m in known if layer_of(m) == i) for i, (name, _) in enumerate(LAYERS)}
+    per_layer = dict.fromkeys(dict.fromkeys(name.split("/")[0] for name, _ in LAYERS), 0)
+    for m in known:
+        top = LAYERS[layer_of(m)][0].split("/")[0]
+        per_layer[top] += 1
     module_cycles, package_cycles = cycles(graph), cycles(packages)
     print(f"files {len(known)} ({', '.join(f'{k} {v}' for k, v in per_layer.items())}); "
           f"packages {len(packages)}; import edges {sum(map(len, graph.values()))}; "

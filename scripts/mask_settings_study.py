@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
-from amsr.files import check_writable
+from amsr.core.files import check_writable
 from amsr.io.images import list_images
 from amsr.models import load_model
 from amsr.operating_point import default_operating_point

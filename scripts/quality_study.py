@@ -2,7 +2,7 @@
 
 For each model × set, every setting of a small grid (blur σ, network dilation d_net, window threshold,
 output-blend dilation d_out) is measured with ``amsr.tools.calibrate.score_grid`` (effective GMACs from
-``amsr.cost``: only what the code computes; with a blend the zoo CNN tails run only where kept pixels need them).
+``amsr.core.cost``: only what the code computes; with a blend the zoo CNN tails run only where kept pixels need them).
 Writes ``results/quality/<model>_x<scale>.json`` (one entry per set) and ``<model>_x<scale>.png``.
 
     python scripts/quality_study.py --models carn_m imdn --sets Set5 Set14 --scale 4 [--dilations 1 2 3 4 6 8]
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model

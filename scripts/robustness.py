@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amsr import paths
+from amsr.core import paths
 from amsr.cli.common import write_json
-from amsr.cost import run_counting_macs
+from amsr.core.cost import run_counting_macs
 from amsr.io.images import to_tensor, to_uint8
 from amsr.io.metrics import psnr_y
 from amsr.masking.mask import MaskConfig, dilate, estimate_noise_sigma, noise_aware_base_mask

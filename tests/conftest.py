@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from amsr import paths
+from amsr.core import paths
 from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y
 

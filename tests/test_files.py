@@ -1,4 +1,4 @@
-"""amsr/files.py: atomic replacement and the permissions of what it writes."""
+"""amsr/core/files.py: atomic replacement and the permissions of what it writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amsr.files import atomic_path, save_bytes
+from amsr.core.files import atomic_path, save_bytes
 
 
 def test_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
@@ -29,3 +29,15 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
             raise RuntimeError("interrupted")
     assert dest.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_shared_folders_default_beside_the_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the variables, data and weights are ``<checkout>/../shared`` (a moved ``paths.py`` that got this
+    wrong would turn every weight-dependent test into a skip, silently)."""
+    from amsr.core import paths
+
+    monkeypatch.delenv("AMSR_DATA_DIR", raising=False)
+    monkeypatch.delenv("AMSR_WEIGHTS_DIR", raising=False)
+    checkout = Path(__file__).resolve().parents[1]
+    assert paths.data_dir() == checkout.parent / "shared" / "data"
+    assert paths.weights_dir() == checkout.parent / "shared" / "weights"

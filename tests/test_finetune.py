@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from amsr.cli.finetune import main
-from amsr.errors import AmsrError, InputImageError
+from amsr.core.errors import AmsrError, InputImageError
 from amsr.io.images import list_images, read_rgb8, save_png, to_tensor
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated

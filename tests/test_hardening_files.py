@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from amsr.errors import CheckpointError
-from amsr.files import OutputPathError, atomic_path, check_writable, check_writable_dir, save_bytes
+from amsr.core.errors import CheckpointError
+from amsr.core.files import OutputPathError, atomic_path, check_writable, check_writable_dir, save_bytes
 from tests.conftest import weight_file
 
 # --- tiny ONNX graphs (onnx.helper, no zoo export) -------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_missing_onnx_file_is_a_checkpoint_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_checkpoint_is_refused_naming_the_first_bad_tensor(bad: float, tmp_path: Path) -> None:
-    from amsr.checkpoint import load_checkpoint
+    from amsr.core.checkpoint import load_checkpoint
 
     sd = {"head.weight": torch.ones(2, 2), "body.0.weight": torch.ones(3), "body.1.weight": torch.ones(4),
           "steps": torch.tensor([7])}
@@ -165,7 +165,7 @@ def test_fsrcnn_file_of_another_scale_is_refused(trained: int, asked: int, weigh
 @pytest.mark.parametrize("trained, asked", [(2, 4), (3, 2), (4, 3)])
 def test_fsrcnn_probe_tells_the_scale_without_the_checksum(trained: int, asked: int, weights_dir: Path) -> None:
     """A file whose sha256 is not known (a fine-tune, a re-save) is caught by the flat-image probe."""
-    from amsr.checkpoint import load_checkpoint
+    from amsr.core.checkpoint import load_checkpoint
     from amsr.zoo import get_architecture
 
     arch = get_architecture("fsrcnn")
@@ -234,13 +234,13 @@ def test_atomic_write_removes_its_temporary_on_system_exit(tmp_path: Path) -> No
 
 
 def test_stale_part_files_are_swept_fresh_ones_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import amsr.files
+    import amsr.core.files
 
-    monkeypatch.setattr(amsr.files, "_swept", set())
+    monkeypatch.setattr(amsr.core.files, "_swept", set())
     stale, fresh = tmp_path / ".r.json.dead0001.part", tmp_path / ".r.json.live0002.part"
     stale.write_bytes(b"left by a SIGKILL")
     fresh.write_bytes(b"another writer, now")
-    old = time.time() - amsr.files.STALE_PART_SECONDS - 60
+    old = time.time() - amsr.core.files.STALE_PART_SECONDS - 60
     os.utime(stale, (old, old))
     save_bytes(tmp_path / "r.json", b"{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "r.json"]
@@ -252,7 +252,7 @@ def test_sigterm_in_a_cli_leaves_no_part_file(tmp_path: Path) -> None:
         import argparse, sys, time
         from pathlib import Path
         from amsr.cli.common import run_main
-        from amsr.files import atomic_path
+        from amsr.core.files import atomic_path
 
         def body(args):
             with atomic_path(Path({str(tmp_path)!r}) / "out.bin") as tmp:
@@ -281,7 +281,7 @@ def test_sigterm_in_a_cli_leaves_no_part_file(tmp_path: Path) -> None:
 def test_engine_swapped_under_an_unchanged_sidecar_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnx")
     import amsr.runtime.trt as trt_mod
-    from amsr.errors import BackendUnavailableError
+    from amsr.core.errors import BackendUnavailableError
     from amsr.runtime.trt import BuildConfig, EngineMismatchError, load_engine, make_sidecar, sidecar_path
 
     onnx_path = tiny_graph(tmp_path / "m.onnx", meta={"amsr.scale": "1"})

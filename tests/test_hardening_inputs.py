@@ -17,7 +17,7 @@ from PIL import Image, ImageFile
 from amsr import models, surgery
 from amsr.cli import eval as eval_cli
 from amsr.cli.common import mask_config_from
-from amsr.errors import AmsrError, InputImageError
+from amsr.core.errors import AmsrError, InputImageError
 from amsr.io.images import read_rgb8
 from amsr.io.user_images import DEFAULT_MAX_PIXELS, check_image_size, pixel_limit, read_image, write_png
 from amsr.masking.mask import MaskConfig, MaskGenerator, compute_mask, require_finite

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from amsr.errors import BackendUnavailableError, InputImageError
+from amsr.core.errors import BackendUnavailableError, InputImageError
 from amsr.io.user_images import apply_orientation, find_images, read_image, write_png
 
 cv2 = pytest.importorskip("cv2", reason="16-bit PNG support needs opencv-python-headless (pip install 'amsr[png16]')")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amsr.errors import InputImageError
+from amsr.core.errors import InputImageError
 from amsr.io.images import read_rgb8, save_png, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y, rgb_to_y, ssim_y
 

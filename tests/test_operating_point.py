@@ -14,7 +14,7 @@ from torch import nn
 
 from amsr import operating_point as op_mod
 from amsr.cli import eval as eval_cli
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel
 from amsr.operating_point import (

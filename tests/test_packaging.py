@@ -3,7 +3,7 @@
 setuptools' ``packages`` is an explicit list (the ``package-dir`` mapping of export/, runtime/ and plugins/
 into ``amsr.*`` rules out plain auto-discovery), so a new sub-package that is not added to it is silently left
 out of a wheel: an editable install still works, a normal ``pip install .`` then fails on import. That
-happened once (``amsr.sparse.rows``, the shipped default's execution path, missing from the wheel)."""
+happened once (``amsr.rows``, the shipped default's execution path, missing from the wheel)."""
 from __future__ import annotations
 
 from pathlib import Path

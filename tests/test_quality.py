@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from amsr.cli import calibrate as calibrate_cli
-from amsr.cost import run_counting_macs
-from amsr.errors import AmsrError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import AmsrError
 from amsr.io.images import to_tensor, to_uint8
 from amsr.io.metrics import psnr_y
 from amsr.masking.mask import MaskConfig

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.io.images import read_rgb8, to_tensor
 from amsr.models import load_model
 from amsr.sparse.pixel import MaskContext, MaskedConv2d, check_maskable_conv

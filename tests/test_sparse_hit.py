@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.cost import run_counting_macs
-from amsr.errors import UnsupportedModelError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import UnsupportedModelError
 from amsr.masking.mask import MaskConfig, compute_mask
 from amsr.models import load_model
 from amsr.sparse.hit import MaskedHiTBlock, select_hit_windows

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from amsr.cli.common import add_mask_args, mask_config_from
-from amsr.cost import run_counting_macs
-from amsr.errors import AmsrError, UnsupportedModelError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import AmsrError, UnsupportedModelError
 from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, load_model, unwrap_accelerated
 from amsr.sparse.pixel import MaskContext, MaskedConv2d

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import amsr
-from amsr.cost import run_counting_macs
+from amsr.core.cost import run_counting_macs
 from amsr.masking.mask import MaskConfig
 from amsr.models import unwrap_accelerated
 from amsr.sparse.window_batch import BatchedWindows, MaskedWindowBatch

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amsr.cost import run_counting_macs
+from amsr.core.cost import run_counting_macs
 from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, load_model, unwrap_accelerated
 from amsr.sparse.pixel import MaskContext

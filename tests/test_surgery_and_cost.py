@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.cost import run_counting_macs
-from amsr.errors import UnsupportedModelError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import UnsupportedModelError
 from amsr.io.images import read_rgb8, to_tensor
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
@@ -108,7 +108,7 @@ def test_attention_matmuls_in_user_code_are_counted(form: str) -> None:
 def test_zoo_attention_is_counted_once(weights_dir: Path) -> None:
     """The zoo's attention reports its matmuls itself (``extra_macs``); the function-level count adds nothing
     inside it: IMDTN's count is the conv/linear hooks plus the blocks' own matmuls, as before."""
-    from amsr import cost
+    from amsr.core import cost
     from tests.conftest import weight_file
 
     model = load_model("imdtn", 4, weights=weight_file(weights_dir, "imdtn_x4.pth"))

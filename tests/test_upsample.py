@@ -1,4 +1,4 @@
-"""amsr.upsample: the blend's integer-factor upsampling equals torch's interpolate."""
+"""amsr.core.upsample: the blend's integer-factor upsampling equals torch's interpolate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from amsr.surgery import blend_output
-from amsr.upsample import bicubic_upscale, nearest_upscale
+from amsr.core.upsample import bicubic_upscale, nearest_upscale
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -33,7 +33,7 @@ def test_eager_calls_after_an_export_trace_stay_real() -> None:
     """Nothing cached while an exporter traces (fake tensors) may leak into later eager calls."""
     from torch import nn
 
-    from amsr.upsample import _phase_taps
+    from amsr.core.upsample import _phase_taps
 
     class Up(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import amsr
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.masking.mask import MaskConfig
 from amsr.sparse.pixel import MaskedConv2d
 from amsr.sparse.window import MaskedSwinBlock

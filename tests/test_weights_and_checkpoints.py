@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amsr.checkpoint import canonicalize_state_dict, load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import canonicalize_state_dict, load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.models import load_model
 from amsr.weights import resolve_weights
 from amsr.zoo import WeightFile, get_architecture

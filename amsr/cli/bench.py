@@ -19,7 +19,7 @@ from amsr.cli.common import (
     run_main,
     write_json,
 )
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 # Light copies for the parser (tests/cli/test_help.py checks them against the originals).
 STRATEGIES = ("auto", "pixel", "tile", "rows")  # amsr.tools.bench.STRATEGIES
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """``--json`` and the export cache (onnxruntime backend) must be writable before anything is measured."""
-    from amsr.files import check_writable, check_writable_dir
+    from amsr.core.files import check_writable, check_writable_dir
     from amsr.tools.bench import default_cache
 
     if args.json:

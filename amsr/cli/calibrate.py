@@ -24,7 +24,7 @@ from amsr.cli.common import (
     run_main,
     write_json,
 )
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 if TYPE_CHECKING:
     from amsr.operating_point import OperatingPoint
@@ -76,7 +76,7 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> Operatin
 
 
 def _run(args: argparse.Namespace) -> int:
-    from amsr.files import check_writable
+    from amsr.core.files import check_writable
     from amsr.operating_point import parse_budget
 
     budget = parse_budget(args.budget)

@@ -1,6 +1,6 @@
 """Argument groups shared by the amsr CLIs, and the error boundary every ``main`` goes through.
 
-Only the standard library and ``amsr.errors`` are imported here and by each tool's parser: ``--help`` must not
+Only the standard library and ``amsr.core.errors`` are imported here and by each tool's parser: ``--help`` must not
 wait for torch (2 s). What a tool needs to run is imported in its body, after the arguments are parsed.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from amsr.errors import AmsrError, did_you_mean
+from amsr.core.errors import AmsrError, did_you_mean
 
 if TYPE_CHECKING:
     from amsr.masking.mask import MaskConfig
@@ -235,7 +235,7 @@ def graph_model(onnx: Path, meta: Mapping[str, str], *, name: str | None = None,
 def _check_weights_sha(onnx: Path, meta: Mapping[str, str], weights: Path) -> None:
     """Refuse a checkpoint other than the one the file records: its outputs differ by design, so a comparison
     would say nothing about the export. Skipped when the file records none (not written by amsr-export)."""
-    from amsr.errors import CheckpointError
+    from amsr.core.errors import CheckpointError
     from amsr.weights import sha256_of
 
     recorded = meta.get("amsr.weights_sha256")
@@ -336,7 +336,7 @@ def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     import json
 
-    from amsr.files import save_bytes
+    from amsr.core.files import save_bytes
 
     save_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
@@ -362,7 +362,7 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int], parser: argpa
 
 def exit_on_sigterm() -> None:
     """Make SIGTERM raise ``SystemExit(143)`` (128 + 15, the shell's code for it) so that ``finally`` blocks and
-    ``amsr.files.atomic_path`` remove their temporary ``.part`` files; the default action kills the process with
+    ``amsr.core.files.atomic_path`` remove their temporary ``.part`` files; the default action kills the process with
     them left behind. Only from the main thread (the only one Python delivers signals to) and only over the
     default handler, so a host that installed its own (Ray, a server) keeps it."""
     import signal

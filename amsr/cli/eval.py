@@ -24,7 +24,7 @@ from amsr.cli.common import (
     run_main,
     write_json,
 )
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 if TYPE_CHECKING:
     import torch
@@ -118,8 +118,8 @@ def _ort_scored(twin: torch.nn.Module, onnx_path: Path) -> torch.nn.Module:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from amsr import paths
-    from amsr.files import check_writable
+    from amsr.core import paths
+    from amsr.core.files import check_writable
     from amsr.models import unwrap_accelerated
     from amsr.operating_point import parse_budget
     from amsr.tools.evaluate import evaluate, find_pairs

@@ -32,7 +32,7 @@ from amsr.cli.common import (
     user_network_args,
     run_main,
 )
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,7 +193,7 @@ def is_engine_path(out: Path) -> bool:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before the model is loaded, an ``--out`` of another type or one that cannot be written (an
     existing directory, a path below a file, a read-only folder), and the same for ``--triton-repo``."""
-    from amsr.files import OutputPathError, check_writable, check_writable_dir
+    from amsr.core.files import OutputPathError, check_writable, check_writable_dir
 
     check_writable(args.out, "--out")
     if args.out.suffix.lower() != ".onnx" and not is_engine_path(args.out):

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from amsr.files import check_writable
+    from amsr.core.files import check_writable
     from amsr.tools.finetune import FinetuneSpec, finetune, record_path_for, remove_state, save_finetuned
 
     if not mask_options_given(args):

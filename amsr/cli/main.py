@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from amsr.errors import did_you_mean
+from amsr.core.errors import did_you_mean
 
 # TOOL → what it does (its module amsr.cli.TOOL, console script amsr-TOOL).
 TOOLS = {

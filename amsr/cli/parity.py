@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amsr.cli.common import ModelName, UsageError, add_verbose_arg, graph_model, parser, run_main, write_json
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -170,7 +170,7 @@ def _fidelity(args: argparse.Namespace, meta: dict[str, str]) -> int:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Options that do not go together, and outputs that cannot be written, refused before the (minutes long)
     comparison runs, not after it."""
-    from amsr.files import check_writable, check_writable_dir
+    from amsr.core.files import check_writable, check_writable_dir
 
     if not args.fidelity and (args.sheets is not None or args.threads is not None):
         raise UsageError("--sheets and --threads apply only to --fidelity")

@@ -34,7 +34,7 @@ from amsr.cli.common import (
     parser,
     run_main,
 )
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 if TYPE_CHECKING:
     from amsr.runtime.jobs import Job, JobResult
@@ -103,7 +103,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < (0 if name in ("tile", "overlap") else 1):
             p.error(f"--{name} must be ≥ {0 if name in ('tile', 'overlap') else 1}, got {value}")
-    from amsr.files import check_writable_dir
+    from amsr.core.files import check_writable_dir
 
     check_writable_dir(args.out, "--out")  # an existing file or a read-only folder: refused before any image runs
     if args.compare is not None:
@@ -112,7 +112,7 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def _check_compare(args: argparse.Namespace) -> None:
     """``--compare`` needs an accelerated model (a dense one has nothing to compare) and a writable folder."""
-    from amsr.files import check_writable_dir
+    from amsr.core.files import check_writable_dir
 
     if args.dense:
         raise UsageError("--compare compares an accelerated model with its dense network: drop --dense")
@@ -149,7 +149,7 @@ def _onnx_path(args: argparse.Namespace) -> Path:
                   weights=args.weights)
 
     if not entry(export_cache_path).is_file():
-        from amsr import paths
+        from amsr.core import paths
 
         print(f"{PROG}: exporting {args.model} x{args.scale} to ONNX (once; cached under {paths.cache_dir()})",
               file=sys.stderr)

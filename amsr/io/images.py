@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amsr.errors import InputImageError
+from amsr.core.errors import InputImageError
 from amsr.io.listing import IMAGE_SUFFIXES, list_images
 from amsr.io.user_images import check_image_size, png_header
 
@@ -85,7 +85,7 @@ def save_png(dest: str | os.PathLike[str], img: np.ndarray) -> Path:
     """Write an uint8 or uint16 ``H×W[×C]`` array as PNG, atomically."""
     from PIL import Image
 
-    from amsr.files import atomic_path
+    from amsr.core.files import atomic_path
 
     with atomic_path(dest) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")

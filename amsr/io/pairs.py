@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from amsr.errors import InputImageError
+from amsr.core.errors import InputImageError
 from amsr.io.listing import list_images
 
 

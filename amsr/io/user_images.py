@@ -14,7 +14,7 @@
   hundred bytes of PNG can declare 30000×30000). ``amsr.io.images`` (the benchmark reader) uses the same policy.
 
 Output is PNG only: ``uint16`` in gives a 16-bit PNG, alpha is kept, and the file appears atomically
-(``amsr.files``). ICC profiles and other metadata are not carried over.
+(``amsr.core.files``). ICC profiles and other metadata are not carried over.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from amsr.errors import AmsrError, BackendUnavailableError, InputImageError
-from amsr.files import atomic_path, save_bytes
+from amsr.core.errors import AmsrError, BackendUnavailableError, InputImageError
+from amsr.core.files import atomic_path, save_bytes
 from amsr.io.listing import list_images
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from amsr.tracing import is_tracing
+from amsr.core.tracing import is_tracing
 
 log = logging.getLogger(__name__)
 

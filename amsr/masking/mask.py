@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import InputImageError
+from amsr.core.errors import InputImageError
 from amsr.masking.cuda_graphs import CudaGraphed, can_replay
-from amsr.tracing import is_tracing
+from amsr.core.tracing import is_tracing
 
 # Upper bounds of the mask settings: sanity limits far above every useful value, so that a typo cannot make
 # torch allocate gigabytes (``--blur-size 100001`` asked for an 80 GB kernel) or unroll a huge ONNX graph.

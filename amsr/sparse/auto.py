@@ -3,7 +3,7 @@
 One rule for every place that chooses (``amsr-bench --strategy auto``, the ``Upscaler``, ``amsr-upscale``,
 the demo), keyed by how the accelerated graph executes (its ``amsr.execution`` metadata):
 
-- ``rows`` (CARN / CARN-M with an output blend, ``amsr.sparse.rows``): runs where the mask density is at most
+- ``rows`` (CARN / CARN-M with an output blend, ``amsr.rows``): runs where the mask density is at most
   0.40. Set from the block-diagonal row convs, whose 3×3 conv cost ~3.6× the dense conv per pixel: CARN-M x4
   (then d_net 4 / d_out 3) measured row/dense ≈ 2.3·density per Photos2K image, 0.94 at density 0.39, 1.02 at
   0.49. The row graph now (group-major convs, block exit taps, Gemm-chain fuses) costs 1.5–1.8·density on the

@@ -40,7 +40,7 @@ windows (K of them, gathered into one batch with index tensors; no loop over win
    inside H×W: ``fc2`` → ``norm2`` → added to x1 and scattered. Zero selected windows return ``x`` itself.
 
 Effective MACs (``effective_macs()``: what the last call computed; LayerNorm, activations, the element-wise
-gate and the position-bias box filter are not counted, as in ``amsr.cost``):
+gate and the position-bias box filter are not counted, as in ``amsr.core.cost``):
 
 * per computed window (L = wh·ww tokens, C channels, ``mid`` = C/5, ``hidden``): the DFE 3×3 conv (9·mid²·L),
   its last 1×1 (mid·C·L), ``linear`` (C²·L) and the ``correlate`` matmuls (``SpatialChannelCorrelation.correlate_macs``: spatial half
@@ -55,7 +55,7 @@ gate and the position-bias box filter are not counted, as in ``amsr.cost``):
 * once per call that computes anything: the dynamic position-bias MLP (``position_bias_macs``).
 
 The dense reference computes the whole block on the whole map and reports exactly that (what
-``amsr.cost.run_counting_macs`` counts for the original block, plus the ``correlate`` matmuls that it cannot
+``amsr.core.cost.run_counting_macs`` counts for the original block, plus the ``correlate`` matmuls that it cannot
 see); the sparse path with every window selected reports the same number when each of H, W is a multiple of
 the window or smaller than it (otherwise slightly more: the padded tokens of border windows in the
 depthwise conv).
@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.sparse.pixel import ExecutionMode, MaskContext
 from amsr.sparse.window import MaskedWindowLayer
 from amsr.zoo.hit_srf_arch import (

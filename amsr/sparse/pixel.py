@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
-from amsr.tracing import is_tracing
+from amsr.core.errors import UnsupportedModelError
+from amsr.core.tracing import is_tracing
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ padding k//2, any groups and channel counts) and computes it only at the pixels 
 
 writing zeros elsewhere; ``radius`` covers the receptive field of the tail layers after it (so every kept
 SR pixel sees exactly the dense values; the tests check that the blend is unchanged). Its
-``effective_macs`` counts only the pixels it computes, which is what ``amsr.cost`` reports.
+``effective_macs`` counts only the pixels it computes, which is what ``amsr.core.cost`` reports.
 
 Each zoo descriptor lists its tail convs in execution order with their resolution factor relative to LR
 (``SparseRules.tail``); ``tail_layers`` turns them into radii. A conv whose input is not an
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.masking.mask import dilate
 
 # Pixels per chunk of the gather (bounds the memory of the k²-tap patches at HR resolution).

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.module_swap import swap_modules
+from amsr.core.module_swap import swap_modules
 from amsr.sparse.pixel import MaskContext, MaskedConv2d, MaskIndexCache
-from amsr.tracing import is_tracing
+from amsr.core.tracing import is_tracing
 
 DEFAULT_TILE = 16
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.sparse.pixel import ExecutionMode, MaskContext
 from amsr.zoo.ngswin_arch import NSTB
 from amsr.zoo.swinir_arch import SwinTransformerBlock, window_partition
@@ -82,7 +82,7 @@ class MaskedWindowLayer(nn.Module):
 
     Subclasses set ``last_selected`` (windows the mask selected, all images), ``last_total`` (windows) and
     ``last_computed`` (windows actually computed: all of them on the dense reference path) in ``forward``,
-    and report their cost through ``effective_macs()`` (``amsr.cost``).
+    and report their cost through ``effective_macs()`` (``amsr.core.cost``).
     """
 
     def __init__(self, context: MaskContext, threshold: float, mode: ExecutionMode) -> None:

@@ -3,7 +3,7 @@
 A block is *window-local* when its output on each window depends on that window's input alone: window
 attention, a per-token MLP, convs zero-padded inside the window. The paper's window skip then applies to it
 as to a Swin block (a window is computed when its mean mask is ≥ the threshold; the others pass through), and
-amsr needs two facts from the block, which a ``WindowAdapter`` (``amsr.sparse.window_adapter``) states:
+amsr needs two facts from the block, which a ``WindowAdapter`` (``amsr.core.window_adapter``) states:
 
 1. the partition: which pixels of the mask each window of the block's input covers (``window_means``);
 2. the increment: how to take some windows out of the input, run the block on them alone, and put the results
@@ -29,11 +29,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.sparse.pixel import ExecutionMode, MaskContext
 from amsr.sparse.window import MaskedWindowLayer
-from amsr.sparse.window_adapter import WindowAdapter
-from amsr.tracing import is_tracing
+from amsr.core.window_adapter import WindowAdapter
+from amsr.core.tracing import is_tracing
 
 WindowLayout = Literal["nchw", "tokens"]
 
@@ -79,7 +79,7 @@ class MaskedWindowBatch(MaskedWindowLayer):
 
     Holds the original block as ``block`` (same parameters, no copy) and takes its arguments. Effective
     cost: the computed windows times the block's cost on one window, counted once per window shape with
-    ``amsr.cost`` (so convs, linears and matmuls inside the user's block all count).
+    ``amsr.core.cost`` (so convs, linears and matmuls inside the user's block all count).
 
     Args:
         block: the window-local module.
@@ -125,7 +125,7 @@ class MaskedWindowBatch(MaskedWindowLayer):
             return 0
         key = tuple(self._window.shape[1:])
         if key not in self._window_macs:
-            from amsr.cost import run_counting_macs  # cost sits above the layers it counts
+            from amsr.core.cost import run_counting_macs  # cost sits above the layers it counts
 
             with torch.no_grad():
                 _, macs = run_counting_macs(_Run(self.adapter, self.block), self._window)

@@ -10,7 +10,7 @@ Strategies (how the accelerated network runs its masked convs):
 
 - ``pixel``: ``MaskedConv2d`` / ``GatherScatterConv2d`` — gather the 3×3 taps of each masked-in pixel.
 - ``tile``: ``amsr.sparse.tiles`` — gather active T×T tiles with a 1-px halo, dense conv on the batch.
-- ``rows``: ``amsr.sparse.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
+- ``rows``: ``amsr.rows`` — the network on the rows of its active pixels, end to end (CARN / CARN-M with an
   output blend; other models have no row program).
 - ``auto``: per image, from the mask, as the product chooses (``amsr.sparse.auto``). A row program runs
   under the whole-image masks (graph inputs, so the mask is computed once) and window selection runs where the
@@ -23,7 +23,7 @@ Strategies (how the accelerated network runs its masked convs):
   gather/scatter/transposes at f → 0 (measured per model with the ORT profiler: the descriptor's
   ``SparseRules.tile_break_even``; 0.5 where not measured).
 
-GMACs are counted in PyTorch from the realised mask (``amsr.cost``), the tile path counting whole tiles.
+GMACs are counted in PyTorch from the realised mask (``amsr.core.cost``), the tile path counting whole tiles.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from amsr import paths
-from amsr.cost import run_counting_macs
-from amsr.errors import AmsrError
+from amsr.core import paths
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import AmsrError
 from amsr.io.images import lr_images, read_rgb8, to_tensor
 from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel, unwrap_accelerated
 from amsr.sparse.pixel import MaskedConv2d
 from amsr.sparse.auto import dense_above
-from amsr.sparse.rows import row_program
+from amsr.rows import row_program
 from amsr.sparse.tiles import DEFAULT_TILE, active_tile_fraction, to_tiles
 from amsr.zoo.descriptor import SparseRules
 
@@ -278,7 +278,7 @@ def export_variants(model: LoadedModel, config: MaskConfig, tile: int, cache: Pa
 
 
 def default_cache() -> Path:
-    """Where amsr-bench keeps its exported graphs: ``<amsr cache>/bench`` (``amsr.paths.cache_dir``)."""
+    """Where amsr-bench keeps its exported graphs: ``<amsr cache>/bench`` (``amsr.core.paths.cache_dir``)."""
     return paths.cache_dir() / "bench"
 
 

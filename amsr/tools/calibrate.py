@@ -1,7 +1,7 @@
 """Calibration: measure mask settings on calibration images and choose the operating point for a budget.
 
 ``score_grid`` measures each setting on calibration pairs: mean Y-PSNR/SSIM loss against the dense
-model and effective GMACs (``amsr.cost``: what the code really computes; the tail of the network runs
+model and effective GMACs (``amsr.core.cost``: what the code really computes; the tail of the network runs
 only where it can reach a pixel the output blend keeps, see ``amsr.sparse.tail``). Every setting runs the
 accelerated model itself (one forward per setting and image), so output and cost are what the model does.
 ``choose_operating_point`` picks with ``amsr.operating_point.pick``.
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amsr.cost import run_counting_macs
-from amsr.errors import AmsrError, InputImageError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import AmsrError, InputImageError
 from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y, ssim_y
 from amsr.masking.mask import MaskConfig
@@ -94,12 +94,22 @@ DEFAULT_PAIRS: tuple[tuple[int, int | None], ...] = (
 )
 
 
-def default_grid(model: LoadedModel) -> list[MaskConfig]:
+# The thin blends only weights fine-tuned under their mask tolerate (results §6: CARN-M x4 trained at 3 / 3
+# loses 0.038 dB on Set14 where the published weights lose 0.284): margins 0–2 and d_out ≥ d_net, d_net 1–4.
+FINE_TUNED_PAIRS: tuple[tuple[int, int | None], ...] = (
+    (1, 1), (2, 1), (3, 1), (2, 2), (3, 2), (4, 2), (1, 3), (2, 3), (3, 3), (4, 3),
+)
+
+
+def default_grid(model: LoadedModel, fine_tuned: bool = False) -> list[MaskConfig]:
     """The settings ``amsr-calibrate`` measures: ``DEFAULT_PAIRS`` (d_net 1–10, d_out none or 1–6) that the
     architecture's blend floor admits (``SparseRules.min_blend_margin`` / ``min_output_dilation``; raw skips
-    are kept), at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise)."""
+    are kept), at window thresholds 0.25 and 0.5 for transformers (0.5 otherwise). ``fine_tuned``: also
+    ``FINE_TUNED_PAIRS``, below the floor, which was measured on the published weights."""
     rules = model.arch.rules
     pairs = [(d, d_out) for d, d_out in DEFAULT_PAIRS if within_blend_floor(d, d_out, rules)]
+    if fine_tuned:
+        pairs += [p for p in FINE_TUNED_PAIRS if p not in pairs]
     thresholds = (0.25, 0.5) if rules.windows or rules.window_adapters else (0.5,)
     return [MaskConfig(dilation=d, output_dilation=d_out, window_threshold=thr)
             for thr in thresholds for d, d_out in pairs]

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from amsr.cost import run_counting_macs
-from amsr.errors import InputImageError
+from amsr.core.cost import run_counting_macs
+from amsr.core.errors import InputImageError
 from amsr.io.images import read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y, ssim_y
 from amsr.io.pairs import ImagePair, find_pairs

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amsr.errors import AmsrError, InputImageError
-from amsr.files import save_bytes, save_with
+from amsr.core.errors import AmsrError, InputImageError
+from amsr.core.files import save_bytes, save_with
 from amsr.io.images import list_images, read_rgb8, to_tensor
 from amsr.masking.mask import MaskConfig, MaskGenerator
 from amsr.models import LoadedModel

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from functools import cache
 
-from amsr.errors import UnsupportedModelError, did_you_mean
+from amsr.core.errors import UnsupportedModelError, did_you_mean
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 
 # CLI name → module. Order is detection order: more specific layouts first.

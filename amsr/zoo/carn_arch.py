@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.checkpoint import StateDict, load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import StateDict, load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 
 SCALES: tuple[int, ...] = (2, 3, 4)
 # DIV2K RGB mean on [0, 1]: the value the official MeanShift layers are initialised (and stored) with.

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from amsr.sparse.window_adapter import WindowAdapter
+    from amsr.core.window_adapter import WindowAdapter
 
 StateDict = dict[str, torch.Tensor]
 
@@ -64,6 +64,11 @@ class SparseRules:
         tail: ``tail(scale)`` → the tail convs (upsampler, reconstruction) in execution order, each as
             (qualified name, resolution factor vs LR), which run only where the output blend keeps the
             network (``amsr.sparse.tail``); ``None``: the tail runs densely.
+        window_export: the ONNX exporter has a twin for the ``windows`` blocks (SwinIR's
+            ``SwinTransformerBlock``: swinir, imdtn). ``False`` (NGswin, HiT-SRF: their blocks pad, shift and
+            mix windows in their own ways, never written as a twin): an accelerated export with window
+            selection is refused by name; ``--dense`` exports. tests/zoo/test_registry.py checks that the
+            exporter agrees.
         tile_break_even: the active-tile fraction above which ``amsr-bench --strategy auto`` runs the dense
             network instead of the tile network (onnxruntime CPU, measured with its profiler; negative:
             the tiles never paid). 0.5 where not measured.
@@ -75,6 +80,7 @@ class SparseRules:
     min_blend_margin: int | None = None
     min_output_dilation: int = 1
     tail: Callable[[int], list[tuple[str, int]]] | None = None
+    window_export: bool = True
     tile_break_even: float = 0.5
 
     def prefixed(self, prefix: str) -> SparseRules:
@@ -120,7 +126,7 @@ class Architecture:
 
     def weight_file(self, scale: int, variant: str = "") -> WeightFile:
         """The official file for ``scale`` (and ``variant``); ``UnsupportedModelError`` if there is none."""
-        from amsr.errors import UnsupportedModelError
+        from amsr.core.errors import UnsupportedModelError
 
         for w in self.weights:
             if w.scale == scale and (w.variant == variant or not variant):

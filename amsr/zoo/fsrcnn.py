@@ -14,8 +14,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from amsr.checkpoint import load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo.descriptor import Architecture, SparseRules, StateDict, WeightFile, has_all
 from amsr.zoo.fsrcnn_arch import FSRCNN, LumaSR
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from amsr.checkpoint import load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 from amsr.zoo.hit_srf_arch import UPSAMPLERS, WINDOW_RATIOS, HiTSRF, HiTSRFConfig
 
@@ -90,5 +90,5 @@ ARCH = Architecture(
     size=SizeRequirements(multiple_of=1, pad_mode="reflect"),
     supports_half=False,
     # The hierarchical blocks themselves (not their sub-modules): ≤ 6 per group, so one digit.
-    rules=SparseRules(windows=("layers.*.residual_group.blocks.[0-9]",)),
+    rules=SparseRules(windows=("layers.*.residual_group.blocks.[0-9]",), window_export=False),
 )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 
 # DIV2K RGB mean on [0, 1]: a plain attribute in the official code, so never stored in checkpoints.
 DIV2K_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
@@ -237,7 +237,7 @@ class SpatialChannelCorrelation(nn.Module):
         return spatial + 2 * half * half * length
 
     def extra_macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-        """The window matmuls of one call (``amsr.cost``; ``spatial_linear`` and the convs count themselves)."""
+        """The window matmuls of one call (``amsr.core.cost``; ``spatial_linear`` and the convs count themselves)."""
         b, h, w = inputs[0].shape[:3]
         (wh, ww) = self.window_size
         windows = b * -(-h // wh) * -(-w // ww)

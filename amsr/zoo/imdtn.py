@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import re
 
-from amsr.checkpoint import load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 from amsr.zoo.imdtn_arch import IMDTN, IMDTNConfig
 from amsr.zoo.swinir_arch import strip_swin_buffers

@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import re
 
-from amsr.checkpoint import load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo.descriptor import Architecture, SparseRules, StateDict, WeightFile
 from amsr.zoo.ngswin_arch import IMG_STD, NGswin, NGswinConfig, StageConfig, strip_ngswin_buffers
 
@@ -132,7 +132,7 @@ ARCH = Architecture(
     # 2 windows per axis its 2-gram padding needs (the official code fails below that).
     size=NGswinConfig(scale=2).size_requirements(),
     # Only the LR-resolution stages: encoder_layer2/3 run on 2×/4× merged maps (≈ 9 % of block MACs).
-    rules=SparseRules(windows=("encoder_layer1.blocks.*", "decoder_layer1.blocks.*")),
+    rules=SparseRules(windows=("encoder_layer1.blocks.*", "decoder_layer1.blocks.*"), window_export=False),
     # Not measured in fp16 (cosine attention, LayerNorms on un-normalised branches).
     supports_half=False,
 )

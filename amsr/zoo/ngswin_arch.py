@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amsr.errors import CheckpointError
+from amsr.core.errors import CheckpointError
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import pad_input
 from amsr.zoo.swinir_arch import (
@@ -100,7 +100,7 @@ class CosineWindowAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(bw, n, -1))
 
     def extra_macs(self, inputs: tuple[Tensor, ...], output: Tensor) -> int:
-        """Multiply-accumulates of q·kᵀ and attn·v of one call (``amsr.cost``; the Linears count themselves)."""
+        """Multiply-accumulates of q·kᵀ and attn·v of one call (``amsr.core.cost``; the Linears count themselves)."""
         bw, n, _ = inputs[0].shape
         return 2 * bw * n * n * self.num_heads * self.head_dim
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import re
 
-from amsr.checkpoint import load_strict
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_strict
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo.descriptor import Architecture, SizeRequirements, SparseRules, StateDict, WeightFile
 from amsr.zoo.swinir_arch import SwinIR, SwinIRConfig, strip_swin_buffers
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amsr.errors import CheckpointError
+from amsr.core.errors import CheckpointError
 
 # The additive value the official code puts between tokens of different shifted regions (not -inf, so
 # that fp32 softmax of a fully masked row cannot produce NaN).

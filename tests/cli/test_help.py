@@ -104,7 +104,7 @@ def test_a_near_miss_model_name_suggests_the_closest(tmp_path: Path, capsys: pyt
 
 
 def test_library_suggests_model_names_too() -> None:
-    from amsr.errors import UnsupportedModelError
+    from amsr.core.errors import UnsupportedModelError
     from amsr.zoo import get_architecture
 
     with pytest.raises(UnsupportedModelError, match=r"^unknown model 'imdtm'; did you mean 'imdtn'\?$"):

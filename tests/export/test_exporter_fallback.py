@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime", reason="parity checks need onnxruntime (pip i
 pytest.importorskip("polygraphy", reason="parity checks need polygraphy (pip install 'amsr[onnx]')")
 
 import amsr
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 from amsr.export import onnx_export
 from amsr.runtime.export_check import onnxruntime_check
 

@@ -18,7 +18,7 @@ pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (
 ort = pytest.importorskip("onnxruntime", reason="parity checks need onnxruntime (pip install 'amsr[onnx]')")
 pytest.importorskip("polygraphy", reason="parity checks need polygraphy (pip install 'amsr[onnx]')")
 
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 from amsr.export.exportable import prepare_for_export
 from amsr.export.onnx_export import export_mask_only, export_onnx
 from amsr.export.passes import (
@@ -121,7 +121,7 @@ def test_accelerated_matches_torch_and_masks_are_identical_at_odd_sizes(carn_wei
 
 
 def test_default_operating_point_with_output_blend_exports_and_matches_torch(carn_weights: Path) -> None:
-    """The shipped default (output blend) exports as CARN-M's row program (``amsr.sparse.rows``: body and tail computed
+    """The shipped default (output blend) exports as CARN-M's row program (``amsr.rows``: body and tail computed
     only where a kept SR pixel needs them), equal to PyTorch, and both masks come from one mask stage."""
     from amsr.operating_point import default_operating_point
 
@@ -138,7 +138,7 @@ def test_default_operating_point_with_output_blend_exports_and_matches_torch(car
     assert {p.key: p.value for p in model.metadata_props}["amsr.execution"] == "rows"
     mask_ops = collections.Counter(n.op_type for n in model.graph.node if n.name.startswith("mask/"))
     assert mask_ops["MaxPool"] == 2 and mask_ops["NonZero"] == 0  # the rows' indices are built after the masks
-    # the blend's upsampling is conv + DepthToSpace and a broadcast (amsr.upsample), not onnxruntime's slow Resize
+    # the blend's upsampling is conv + DepthToSpace and a broadcast (amsr.core.upsample), not onnxruntime's slow Resize
     assert "Resize" not in {n.op_type for n in model.graph.node}
 
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 from export.triton import TritonOptions, validate_config_text, write_triton_repo
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] not installed")

@@ -13,7 +13,7 @@ pytest.importorskip("onnx_graphsurgeon", reason="needs onnx-graphsurgeon (pip in
 
 from onnx import TensorProto, helper, numpy_helper
 
-from amsr.errors import ExportError
+from amsr.core.errors import ExportError
 from amsr.export.trt_support import TRT_TABLE_VERSION, check_trt_support, require_trt_support
 from tests.conftest import weight_file
 

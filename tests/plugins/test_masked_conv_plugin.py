@@ -19,7 +19,7 @@ pytest.importorskip("onnx_graphsurgeon", reason="needs onnx-graphsurgeon (pip in
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from amsr.errors import BackendUnavailableError, ExportError
+from amsr.core.errors import BackendUnavailableError, ExportError
 from amsr.plugins.masked_conv3x3 import (
     ONNX_DOMAIN,
     ONNX_OP_TYPE,

@@ -1,12 +1,12 @@
-"""Index tables of ``amsr.sparse.rows.grid``: the per-block exit taps equal the per-pixel ones they replace."""
+"""Index tables of ``amsr.rows.grid``: the per-block exit taps equal the per-pixel ones they replace."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from amsr.sparse.rows.grid import block_pixels_flat, block_taps, grid_of, pixels_of, taps
-from amsr.upsample import nearest_upscale
+from amsr.rows.grid import block_pixels_flat, block_taps, grid_of, pixels_of, taps
+from amsr.core.upsample import nearest_upscale
 
 
 @pytest.mark.parametrize(("block", "factor"), [(4, 2), (2, 2), (3, 3), (2, 1)])

@@ -1,4 +1,4 @@
-"""Row execution of CARN / CARN-M (``amsr.sparse.rows``): the same SR output as the accelerated model it replaces,
+"""Row execution of CARN / CARN-M (``amsr.rows``): the same SR output as the accelerated model it replaces,
 a cost that follows the masks, and an exported graph onnxruntime runs."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.cost import run_counting_macs
+from amsr.core.cost import run_counting_macs
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
-from amsr.sparse.rows import row_program
-from amsr.sparse.rows.carn import RowCARN
+from amsr.rows import row_program
+from amsr.rows.carn import RowCARN
 from amsr.surgery import accelerate
 from amsr.zoo import get_architecture
 from amsr.zoo.carn_arch import CARN
@@ -72,7 +72,7 @@ def test_no_row_program_without_the_blend_or_for_other_models() -> None:
 
 def test_all_active_rows_cost_exactly_the_dense_network() -> None:
     """A flat image gives an all-ones mask: the row program then computes every layer everywhere, and its
-    count must equal amsr.cost's count of the dense network (grouped convs counted as grouped)."""
+    count must equal amsr.core.cost's count of the dense network (grouped convs counted as grouped)."""
     net = _random_carn(True, 4)
     program = row_program(_accelerated(net, "carn_m", 4))
     assert program is not None

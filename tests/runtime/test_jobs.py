@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amsr.errors import AmsrError, InputImageError
+from amsr.core.errors import AmsrError, InputImageError
 from amsr.io.user_images import write_png
 from amsr.runtime.jobs import Job, plan_jobs, run_job
 

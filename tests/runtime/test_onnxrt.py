@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("polygraphy", reason="the ONNX runtime helpers need polygraphy (pip install 'amsr[onnx]')")
 
-from amsr.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
+from amsr.core.errors import BackendUnavailableError, InputImageError, UnsupportedModelError
 from amsr.io.images import read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y
 from amsr.runtime.onnxrt import OrtUpscaler, import_onnxruntime, parse_providers, resolve_providers

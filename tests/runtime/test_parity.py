@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("polygraphy", reason="the ONNX runtime helpers need polygraphy (pip install 'amsr[onnx]')")
 
-from amsr.errors import BackendUnavailableError
+from amsr.core.errors import BackendUnavailableError
 from amsr.runtime.parity import check_parity_on_set, compare_with_torch
 from tests.conftest import weight_file
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amsr.errors import BackendUnavailableError
+from amsr.core.errors import BackendUnavailableError
 from amsr.runtime.jobs import plan_jobs, run_job
 from amsr.runtime.ray_pipeline import import_ray, upscale_files_ray
 from amsr.runtime.upscaler import RunOptions, Upscaler

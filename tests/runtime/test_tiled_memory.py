@@ -57,7 +57,7 @@ def test_banded_mask_equals_the_whole_image_mask(blend_onnx: Path, photo: np.nda
 def test_unsplittable_graph_computes_its_mask_whole(blend_onnx: Path, photo_crop: np.ndarray,  # noqa: F811
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import amsr.runtime.onnxrt as onnxrt
-    from amsr.errors import ExportError
+    from amsr.core.errors import ExportError
 
     x = _chw(photo_crop)
     want = onnxrt.OrtUpscaler(blend_onnx, threads=1).masks(x)

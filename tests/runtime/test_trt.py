@@ -17,7 +17,7 @@ pytest.importorskip("polygraphy", reason="needs polygraphy (pip install 'amsr[on
 
 from onnx import TensorProto, helper
 
-from amsr.errors import BackendUnavailableError, ExportError, UnsupportedModelError
+from amsr.core.errors import BackendUnavailableError, ExportError, UnsupportedModelError
 from amsr.runtime import trt as trt_mod
 from amsr.runtime.trt import (
     BuildConfig,
@@ -223,7 +223,7 @@ def test_engine_matches_pytorch(kind: str, fp16: bool, carn_weights: Path, tmp_p
 
 def test_trt_upscaler_tiles_within_its_profile() -> None:
     """The tile loop (borrowed from OrtUpscaler) on a stand-in runner: every run fits the profile."""
-    from amsr.errors import InputImageError, UnsupportedModelError
+    from amsr.core.errors import InputImageError, UnsupportedModelError
     from amsr.runtime.trt import TrtUpscaler
 
     seen = []

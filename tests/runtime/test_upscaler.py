@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amsr.errors import CheckpointError, InputImageError
+from amsr.core.errors import CheckpointError, InputImageError
 from amsr.runtime.upscaler import RunOptions, Upscaler, export_cache_path, upscale_alpha
 from tests.conftest import weight_file
 

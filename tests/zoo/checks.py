@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from amsr.checkpoint import load_checkpoint
+from amsr.core.checkpoint import load_checkpoint
 from amsr.sparse.pixel import check_maskable_conv
 from amsr.zoo import Architecture
 from tests.conftest import mean_psnr, weight_file

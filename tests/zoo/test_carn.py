@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.carn_arch import CARN
 from amsr.zoo.descriptor import Architecture, StateDict

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.descriptor import StateDict
 from amsr.zoo.hit_srf import infer_config

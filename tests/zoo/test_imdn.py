@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.fsrcnn_arch import FSRCNN
 from amsr.zoo.imdn import ARCH

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError
 from amsr.zoo import get_architecture
 from amsr.zoo.imdtn import ARCH, build, detect, infer_config
 from amsr.zoo.imdtn_arch import IMDTN, IMDTBlock, IMDTNConfig, channel_shuffle

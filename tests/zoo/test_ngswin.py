@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import detect_architecture, get_architecture
 from amsr.zoo.descriptor import StateDict
 from amsr.zoo.ngswin import build, detect, infer_config

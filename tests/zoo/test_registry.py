@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
+from amsr.core.errors import ExportError
+from amsr.masking.mask import MaskConfig
 from amsr.models import load_model
 from amsr.sparse.tail import tail_layers
 from amsr.surgery import match_modules
@@ -30,3 +32,15 @@ def test_descriptor_rules_name_layers_of_the_network(name: str, weights_dir: Pat
         layers = arch.rules.tail(w.scale)
         assert all(isinstance(net.get_submodule(n), nn.Conv2d) for n, _ in layers)
         assert len(tail_layers(net, layers)) == len(layers)
+    if arch.rules.windows:  # the descriptor's window_export is what the exporter does
+        pytest.importorskip("onnx", reason="the exporter needs the [onnx] extra")
+        from amsr.export.exportable import prepare_for_export, window_exporting_architectures
+
+        acc = load_model(name, w.scale, weights=weights_dir / w.filename, variant=w.variant).accelerated(
+            MaskConfig(window_threshold=0.5))
+        if arch.rules.window_export:
+            assert name in window_exporting_architectures()
+            prepare_for_export(acc)
+        else:
+            with pytest.raises(ExportError, match="imdtn, swinir|swinir, imdtn"):
+                prepare_for_export(acc)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from amsr.checkpoint import load_checkpoint
-from amsr.errors import CheckpointError, UnsupportedModelError
+from amsr.core.checkpoint import load_checkpoint
+from amsr.core.errors import CheckpointError, UnsupportedModelError
 from amsr.zoo import get_architecture
 from amsr.zoo.swinir import ARCH, build, detect, detect_variant, infer_config
 from amsr.zoo.swinir_arch import (

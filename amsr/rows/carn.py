@@ -1,4 +1,4 @@
-"""CARN / CARN-M with the output blend, executed on rows (``amsr.sparse.rows.grid``): the same SR values as
+"""CARN / CARN-M with the output blend, executed on rows (``amsr.rows.grid``): the same SR values as
 ``AcceleratedSR`` (masked body convs, sparse tail, blend), with work that follows the active pixels.
 
 Which pixels are computed (A = network mask, E = output mask, LR grid; ⊕k = dilation by k px):
@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amsr.errors import UnsupportedModelError
+from amsr.core.errors import UnsupportedModelError
 from amsr.masking.mask import MaskGenerator, dilate
 from amsr.sparse.pixel import MaskedConv2d
-from amsr.sparse.rows.grid import (
+from amsr.rows.grid import (
     block_pixels_flat,
     block_taps,
     conv1x1_rows,
@@ -46,8 +46,8 @@ from amsr.sparse.rows.grid import (
     with_zero_row,
 )
 from amsr.sparse.tail import TailMaskedConv
-from amsr.tracing import is_tracing
-from amsr.upsample import bicubic_upscale, nearest_upscale
+from amsr.core.tracing import is_tracing
+from amsr.core.upsample import bicubic_upscale, nearest_upscale
 from amsr.zoo.carn_arch import CARN, CascadingBlock, EfficientResidualBlock, ScaleBranch
 
 
@@ -331,12 +331,12 @@ class RowCARN(nn.Module):
 
     def _count(self, n_a: int, n_r: int, tail_rows: list[int], n_exit: int) -> int:
         """MACs of one forward: the masked convs at A, every other body layer at R, each tail conv at its rows
-        (grouped convs counted as grouped, as ``amsr.cost`` counts the dense network)."""
+        (grouped convs counted as grouped, as ``amsr.core.cost`` counts the dense network)."""
         at_a, at_r = self.body.macs_per_row()
         macs = n_a * at_a + n_r * (at_r + self.entry.macs_per_row + self.sub_mean.macs_per_row)
         macs += sum(rows * cast(RowTailConv, conv).macs_per_row for rows, conv in zip(tail_rows, self.tail))
         return macs + n_exit * (self.exit_macs_per_row + self.add_mean.macs_per_row)
 
     def effective_macs(self) -> int:
-        """Multiply-accumulates of the last eager call (``amsr.cost``)."""
+        """Multiply-accumulates of the last eager call (``amsr.core.cost``)."""
         return self.last_macs

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from amsr.errors import AmsrError
+from amsr.core.errors import AmsrError
 
 log = logging.getLogger(__name__)
 

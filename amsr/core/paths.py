@@ -7,7 +7,7 @@ from pathlib import Path
 
 # The shared benchmark data and checkpoints sit beside a developer's checkout; users point the variables
 # at their own copies.
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]  # amsr/core/paths.py → the checkout
 
 
 def data_dir() -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amsr.errors import CheckpointError
+from amsr.core.errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 
