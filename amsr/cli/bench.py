@@ -102,7 +102,7 @@ def _progress_bar(disable: bool) -> tuple[Callable[[str, int, int], None], Calla
 
 
 def _run(args: argparse.Namespace) -> int:
-    from amsr.tools.bench import run_bench
+    from amsr.tools.bench import BenchSpec, run_bench
 
     _check_outputs(args)
     config, source = config_and_source(args)
@@ -110,26 +110,26 @@ def _run(args: argparse.Namespace) -> int:
         raise AmsrError(f"{args.model} x{args.scale}: {describe_settings(config, source)}; nothing to compare: "
                         "give mask options or --operating-point FILE")
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
+    spec = BenchSpec(backend=args.backend, threads=args.threads, config=config, device=args.device,
+                     operating_point=source, sparse_tail=not args.dense_tail, strategy=args.strategy, tile=args.tile,
+                     warmup=args.warmup, repeats=args.repeats, limit=args.limit, cache=args.cache,
+                     profile=not args.no_profile, break_even=args.break_even)
     progress, close = _progress_bar(disable=args.no_progress)
     try:
-        r = run_bench(model, args.data, backend=args.backend, threads=args.threads, config=config,
-                      device=args.device, operating_point=source, sparse_tail=not args.dense_tail,
-                      strategy=args.strategy, tile=args.tile, warmup=args.warmup, repeats=args.repeats,
-                      limit=args.limit, cache=args.cache, profile=not args.no_profile, break_even=args.break_even,
-                      progress=progress)
+        r = run_bench(model, args.data, spec, progress)
     finally:
         close()
-    print(f"{r['model']} x{r['scale']} {r['backend']} on {r['device']}, {r['threads']} thr, strategy {r['strategy']}"
-          + ("" if r["tile"] is None else f" T={r['tile']}") + f", {r['images']} image(s)")
-    print(f"dense {r['dense_ms']:.1f} ms  amsr {r['amsr_ms']:.1f} ms  mask {r['mask_ms']:.1f} ms  "
-          f"ratio {r['ratio']:.3f}  gmacs_ratio {r['gmacs_ratio']:.3f}  mask/dense {r['mask_share_of_dense']:.3f}  "
-          f"density {r['density']:.3f}  tiles {r['tile_fraction']:.3f}")
-    for stage in ("dense", "amsr"):
-        if "profile" in r:
-            pr = r["profile"][stage]
+    print(f"{r.model} x{r.scale} {r.backend} on {r.device}, {r.threads} thr, strategy {r.strategy}"
+          + ("" if r.tile is None else f" T={r.tile}") + f", {r.images} image(s)")
+    print(f"dense {r.dense_ms:.1f} ms  amsr {r.amsr_ms:.1f} ms  mask {r.mask_ms:.1f} ms  "
+          f"ratio {r.ratio:.3f}  gmacs_ratio {r.gmacs_ratio:.3f}  mask/dense {r.mask_share_of_dense:.3f}  "
+          f"density {r.density:.3f}  tiles {r.tile_fraction:.3f}")
+    if r.profile is not None:
+        for stage in ("dense", "amsr"):
+            pr = r.profile[stage]
             print(f"  profile {stage}: {pr['total_ms']:.1f} ms/img by stage {pr['by_stage_ms']}")
     if args.json:
-        write_json(args.json, r)
+        write_json(args.json, r.to_json())
     return 0
 
 

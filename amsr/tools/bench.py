@@ -34,7 +34,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,35 +282,120 @@ def default_cache() -> Path:
     return paths.cache_dir() / "bench"
 
 
-def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", threads: int = 2,
-              config: MaskConfig | None = None, strategy: str = "auto", tile: int = DEFAULT_TILE,
-              warmup: int = 1, repeats: int = 5, limit: int | None = None, cache: Path | None = None,
-              profile: bool = True, break_even: float | None = None,
-              workdir: Path | None = None, device: str = "cpu",
-              operating_point: dict[str, Any] | None = None, sparse_tail: bool = True,
-              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Benchmark ``model`` dense vs accelerated on the LR images of ``data``; returns the JSON report.
+@dataclass(frozen=True)
+class BenchSpec:
+    """What ``run_bench`` measures and how (``amsr-bench``'s options).
 
     ``device`` (PyTorch backend): ``cpu`` or ``cuda``; on CUDA every timed call is bracketed by a device
     synchronisation. ``operating_point``: where ``config`` came from, copied into the report. ``sparse_tail``:
     with an output blend, run the tail convs sparsely (default) or densely (PyTorch backend; the exported
-    graph always computes the tail densely). ``progress(phase, done, total)`` is called as each phase starts
-    (``masks``, ``export``, ``warmup``, ``timing``, ``profile``) and after each image of it, outside the timed
-    calls; ``done`` of ``total`` counts image steps over the whole run (one per image in ``masks``, per image
-    and round in ``warmup`` and ``timing``).
+    graph always computes the tail densely). ``break_even``: overrides the density/tile fraction above which
+    ``auto`` runs dense. ``limit``: the first N images only."""
+
+    backend: str = "onnxruntime"
+    threads: int = 2
+    config: MaskConfig | None = None
+    strategy: str = "auto"
+    tile: int = DEFAULT_TILE
+    warmup: int = 1
+    repeats: int = 5
+    limit: int | None = None
+    cache: Path | None = None
+    profile: bool = True
+    break_even: float | None = None
+    workdir: Path | None = None
+    device: str = "cpu"
+    operating_point: dict[str, Any] | None = None
+    sparse_tail: bool = True
+
+
+@dataclass(frozen=True)
+class ImageBench:
+    """One image of a bench report: its mask, the path ``auto`` took, effective GMACs and median times."""
+
+    image: str
+    size: tuple[int, int]
+    density: float
+    tile_fraction: float
+    path: str
+    dense_gmacs: float
+    amsr_gmacs: float
+    dense_ms: float
+    mask_ms: float
+    amsr_ms: float
+    ratio: float
+    ratio_paired: float
+    ratio_quartiles: tuple[float, float]
+    gmacs_ratio: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """What ``run_bench`` measured; ``to_json()`` is ``amsr-bench --json``'s contract (per-image rows under
+    ``per_image``, ``profile`` only when onnxruntime profiled)."""
+
+    model: str
+    scale: int
+    backend: str
+    strategy: str
+    tile: int | None
+    tile_impl: str | None
+    break_even: float | None
+    path: str
+    threads: int
+    device: str
+    torch: str
+    images: int
+    data: str
+    mask_config: dict[str, Any]
+    operating_point: dict[str, Any] | None
+    sparse_tail: bool
+    warmup: int
+    repeats: int
+    dense_ms: float
+    amsr_ms: float
+    mask_ms: float
+    ratio: float
+    gmacs_ratio: float
+    mask_share_of_dense: float
+    dense_gmacs: float
+    amsr_gmacs: float
+    density: float
+    tile_fraction: float
+    per_image: list[ImageBench]
+    profile: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if out["profile"] is None:
+            del out["profile"]
+        return out
+
+
+def run_bench(model: LoadedModel, data: Path, spec: BenchSpec = BenchSpec(),
+              progress: Callable[[str, int, int], None] | None = None) -> BenchReport:
+    """Benchmark ``model`` dense vs accelerated on the LR images of ``data``, as ``spec`` says.
+
+    ``progress(phase, done, total)`` is called as each phase starts (``masks``, ``export``, ``warmup``,
+    ``timing``, ``profile``) and after each image of it, outside the timed calls; ``done`` of ``total`` counts
+    image steps over the whole run (one per image in ``masks``, per image and round in ``warmup`` and
+    ``timing``).
     """
+    backend, threads, strategy, tile = spec.backend, spec.threads, spec.strategy, spec.tile
+    warmup, repeats, cache, break_even = spec.warmup, spec.repeats, spec.cache, spec.break_even
+    sparse_tail = spec.sparse_tail
     if strategy not in STRATEGIES:
         raise AmsrError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
     if backend not in ("onnxruntime", "pytorch"):
         raise AmsrError(f"unknown backend {backend!r} (onnxruntime or pytorch)")
-    dev = check_device(device, backend)
-    config = config or MaskConfig()
+    dev = check_device(spec.device, backend)
+    config = spec.config or MaskConfig()
     # The exported graph computes the tail densely (export/exportable.py): count what it computes.
     sparse_tail = sparse_tail and backend == "pytorch"
     be = break_even if break_even is not None else default_break_even(model.arch.rules, dev.type)
     rows_be = break_even if break_even is not None else dense_above("rows")
     windows_be = break_even if break_even is not None else dense_above("windows")
-    paths_img = lr_images(data)[: limit or None]
+    paths_img = lr_images(data)[: spec.limit or None]
     xs = [to_tensor(read_rgb8(p)).to(dev) for p in paths_img]
     total, done = len(xs) * (1 + warmup + repeats), 0
 
@@ -398,10 +483,10 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
                 times[k][i].append(_timed(fns[k][i], sync))
             step("timing", 1)
 
-    if backend == "onnxruntime" and profile:
+    if backend == "onnxruntime" and spec.profile:
         step("profile")
         assert cache is not None  # set in the onnxruntime branch above
-        wd = workdir or cache
+        wd = spec.workdir or cache
         prof["dense"] = ort.profile("dense", ort.paths["dense"].read_bytes(), arrays, wd)
         prof["amsr"] = ort.profile("amsr", ort.paths["amsr"].read_bytes(), arrays, wd)
 
@@ -421,23 +506,21 @@ def run_bench(model: LoadedModel, data: Path, backend: str = "onnxruntime", thre
     amsr_ms = sum(r["amsr_ms"] for r in rows)
     mask_ms = sum(r["mask_ms"] for r in rows)
     dg, ag = sum(r["dense_gmacs"] for r in rows), sum(r["amsr_gmacs"] for r in rows)
-    report: dict[str, Any] = {
-        "model": model.arch.id, "scale": model.scale, "backend": backend, "strategy": strategy,
-        "tile": tile if v.tile_net is not None else None,
-        "tile_impl": None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
-        "break_even": {"rows": rows_be, "windows": windows_be}.get(v.path, be) if strategy == "auto" and (
-            v.tile_net is not None or v.path in ("rows", "windows")) else None, "path": v.path,
-        "threads": threads, "device": device_name(dev), "torch": torch.__version__,
-        "images": len(rows), "data": str(data), "mask_config": config.to_json(), "operating_point": operating_point,
-        "sparse_tail": sparse_tail and config.output_dilation is not None, "warmup": warmup, "repeats": repeats,
-        "dense_ms": round(dense_ms, 3), "amsr_ms": round(amsr_ms, 3), "mask_ms": round(mask_ms, 3),
-        "ratio": round(amsr_ms / dense_ms, 4), "gmacs_ratio": round(ag / dg, 4),
-        "mask_share_of_dense": round(mask_ms / dense_ms, 4),
-        "dense_gmacs": round(dg / len(rows), 4), "amsr_gmacs": round(ag / len(rows), 4),
-        "density": round(sum(r["density"] for r in rows) / len(rows), 4),
-        "tile_fraction": round(sum(r["tile_fraction"] for r in rows) / len(rows), 4),
-        "per_image": rows,
-    }
-    if prof:
-        report["profile"] = prof
-    return report
+    per_image = [ImageBench(**(r | {"size": tuple(r["size"]), "ratio_quartiles": tuple(r["ratio_quartiles"])}))
+                 for r in rows]
+    return BenchReport(
+        model=model.arch.id, scale=model.scale, backend=backend, strategy=strategy,
+        tile=tile if v.tile_net is not None else None,
+        tile_impl=None if v.tile_net is None else "v2: one Pad+Transpose per stage, scatter into the padded map",
+        break_even={"rows": rows_be, "windows": windows_be}.get(v.path, be) if strategy == "auto" and (
+            v.tile_net is not None or v.path in ("rows", "windows")) else None, path=v.path,
+        threads=threads, device=device_name(dev), torch=torch.__version__,
+        images=len(rows), data=str(data), mask_config=config.to_json(), operating_point=spec.operating_point,
+        sparse_tail=sparse_tail and config.output_dilation is not None, warmup=warmup, repeats=repeats,
+        dense_ms=round(dense_ms, 3), amsr_ms=round(amsr_ms, 3), mask_ms=round(mask_ms, 3),
+        ratio=round(amsr_ms / dense_ms, 4), gmacs_ratio=round(ag / dg, 4),
+        mask_share_of_dense=round(mask_ms / dense_ms, 4),
+        dense_gmacs=round(dg / len(rows), 4), amsr_gmacs=round(ag / len(rows), 4),
+        density=round(sum(r["density"] for r in rows) / len(rows), 4),
+        tile_fraction=round(sum(r["tile_fraction"] for r in rows) / len(rows), 4),
+        per_image=per_image, profile=prof or None)

@@ -249,7 +249,7 @@ def test_bench_reports_progress_per_image(tmp_path: Path, data_dir: Path, weight
     from amsr.io.images import read_rgb8, save_png
     from amsr.models import load_model
     from amsr.operating_point import default_operating_point
-    from amsr.tools.bench import run_bench
+    from amsr.tools.bench import BenchSpec, run_bench
     from tests.conftest import weight_file
 
     lr = tmp_path / "LR"
@@ -258,8 +258,10 @@ def test_bench_reports_progress_per_image(tmp_path: Path, data_dir: Path, weight
         save_png(lr / name, read_rgb8(data_dir / "Set5" / "x4" / "LR" / name)[:20, :24])
     model = load_model("carn_m", 4, weights=weight_file(weights_dir, "carn_m.pth"))
     calls: list[tuple[str, int, int]] = []
-    run_bench(model, tmp_path, backend="pytorch", config=default_operating_point("carn_m", 4), strategy="pixel",
-              warmup=1, repeats=2, profile=False, progress=lambda *a: calls.append(a))
+    spec = BenchSpec(backend="pytorch", config=default_operating_point("carn_m", 4), strategy="pixel", warmup=1,
+                     repeats=2, profile=False)
+    report = run_bench(model, tmp_path, spec, progress=lambda *a: calls.append(a))
+    assert [r.image for r in report.per_image] == ["img_001.png", "img_002.png"]
     assert calls[0] == ("masks", 0, 8) and calls[-1] == ("timing", 8, 8)
     assert [c[1] for c in calls] == sorted(c[1] for c in calls)
     assert [c for c in calls if c[0] == "warmup"] == [("warmup", 2, 8), ("warmup", 3, 8), ("warmup", 4, 8)]
