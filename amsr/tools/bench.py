@@ -424,7 +424,7 @@ def run_bench(model: LoadedModel, data: Path, spec: BenchSpec = BenchSpec(),
             else:
                 use_dense = strategy == "auto" and v.tile_net is not None and f_tile > be
             amsr_macs = dense_macs if use_dense else run_counting_macs(v.amsr, x)[1]
-            rows.append({"image": p.name, "size": [int(x.shape[-2]), int(x.shape[-1])],
+            rows.append({"image": p.name, "size": (int(x.shape[-2]), int(x.shape[-1])),
                          "density": round(float(m.mean()), 4), "tile_fraction": round(f_tile, 4),
                          "path": "dense" if use_dense else v.path,
                          "dense_gmacs": dense_macs / 1e9, "amsr_gmacs": amsr_macs / 1e9, "_mask": m})
@@ -500,14 +500,13 @@ def run_bench(model: LoadedModel, data: Path, spec: BenchSpec = BenchSpec(),
         # per-image figure. CARN-M Set14 (15 rounds, every image dense + a 1 % mask) had ratio 0.93–1.11.
         paired = sorted(a / d for a, d in zip(times["amsr"][i], times["dense"][i]))
         r["ratio_paired"] = round(float(statistics.median(paired)), 4)
-        r["ratio_quartiles"] = [round(float(q), 4) for q in _quartiles(paired)]
+        r["ratio_quartiles"] = tuple(round(float(q), 4) for q in _quartiles(paired))
         r["gmacs_ratio"] = round(r["amsr_gmacs"] / r["dense_gmacs"], 4)
     dense_ms = sum(r["dense_ms"] for r in rows)
     amsr_ms = sum(r["amsr_ms"] for r in rows)
     mask_ms = sum(r["mask_ms"] for r in rows)
     dg, ag = sum(r["dense_gmacs"] for r in rows), sum(r["amsr_gmacs"] for r in rows)
-    per_image = [ImageBench(**(r | {"size": tuple(r["size"]), "ratio_quartiles": tuple(r["ratio_quartiles"])}))
-                 for r in rows]
+    per_image = [ImageBench(**r) for r in rows]
     return BenchReport(
         model=model.arch.id, scale=model.scale, backend=backend, strategy=strategy,
         tile=tile if v.tile_net is not None else None,
