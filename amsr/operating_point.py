@@ -87,19 +87,23 @@ def within_blend_floor(dilation: int, output_dilation: int | None, rules: Sparse
     return output_dilation >= least and dilation - output_dilation >= margin
 
 
-def admissible(point: GridPoint, budget_db: float, rules: SparseRules | None = None) -> bool:
+def admissible(point: GridPoint, budget_db: float, rules: SparseRules | None = None,
+               fine_tuned: bool = False) -> bool:
     """Whether ``point`` may be a default for ``budget_db``: within it on the mean and per image, saving
-    compute, and within the architecture's blend floor (``within_blend_floor``)."""
+    compute, and within the architecture's blend floor (``within_blend_floor``) unless the weights are
+    ``fine_tuned`` under their mask (the floor was measured on published weights; a fine-tuned network's thin
+    blends are judged by their measured loss, the mean and the worst image alike)."""
     c = point.config
     worst_ok = point.worst_db is None or point.worst_db <= WORST_IMAGE_BUDGETS * budget_db
-    return (point.loss_db <= budget_db and point.saved > 0 and within_blend_floor(c.dilation, c.output_dilation, rules)
-            and worst_ok)
+    floor_ok = fine_tuned or within_blend_floor(c.dilation, c.output_dilation, rules)
+    return point.loss_db <= budget_db and point.saved > 0 and floor_ok and worst_ok
 
 
-def pick(points: Sequence[GridPoint], budget_db: float, rules: SparseRules | None = None) -> GridPoint | None:
+def pick(points: Sequence[GridPoint], budget_db: float, rules: SparseRules | None = None,
+         fine_tuned: bool = False) -> GridPoint | None:
     """The ``admissible`` point with the most GMACs saved (ties: smaller loss); ``None`` when none is."""
     check_budget(budget_db)
-    ok = [p for p in points if admissible(p, budget_db, rules)]
+    ok = [p for p in points if admissible(p, budget_db, rules, fine_tuned)]
     if not ok:
         return None
     return min(ok, key=lambda p: (-round(p.saved, 6), p.loss_db))
@@ -242,13 +246,15 @@ def is_default_spec(spec: str) -> bool:
     return spec == "default" or spec.startswith("default:")
 
 
-def resolve_operating_point(spec: str, model_id: str, scale: int) -> tuple[MaskConfig, dict[str, object]]:
+def resolve_operating_point(spec: str, model_id: str, scale: int,
+                            weights: str | os.PathLike[str] | None = None) -> tuple[MaskConfig, dict[str, object]]:
     """The mask settings a command line names with ``--operating-point FILE|default[:DB]``, and what a report
-    says of their source.
+    says of their source. ``weights``: the checkpoint the command runs (``None``: the published one).
 
     Raises:
-        AmsrError: a bad budget, no shipped default, an unreadable file or one of another model/scale, or an
-            operating point that is the dense model (nothing within the budget saved compute).
+        AmsrError: a bad budget, no shipped default, an unreadable file or one of another model/scale, an
+            operating point that is the dense model (nothing within the budget saved compute), or one
+            calibrated for fine-tuned weights given other weights (``check_fine_tuned_weights``).
     """
     if is_default_spec(spec):
         _, _, b = spec.partition(":")
@@ -268,7 +274,29 @@ def resolve_operating_point(spec: str, model_id: str, scale: int) -> tuple[MaskC
         raise AmsrError(f"{spec}: operating point of {doc.get('model')} x{doc.get('scale')}, not {model_id} x{scale}")
     if cfg is None:
         raise AmsrError(f"{spec}: no setting fitted its budget (dense model)")
+    check_fine_tuned_weights(spec, doc.get("calibration"), weights)
     return cfg, {"source": str(spec)}
+
+
+def check_fine_tuned_weights(spec: str, calibration: object, weights: str | os.PathLike[str] | None) -> None:
+    """An operating point calibrated for fine-tuned weights (``calibration.fine_tuned``) runs only with them:
+    its thin blends cost the published weights 0.3–1.3 dB on Set14 (results §6, d 3 / 3 … 1 / 1), so other
+    weights are refused rather than silently damaged.
+
+    Raises:
+        AmsrError: no ``weights`` (the published ones would run), or a file whose sha256 is not the recorded one.
+    """
+    if not isinstance(calibration, dict) or not calibration.get("fine_tuned"):
+        return
+    want, name = calibration.get("weights_sha256"), calibration.get("weights", "?")
+    if weights is None:
+        raise AmsrError(f"{spec} was calibrated for the fine-tuned weights {name}: give them with --weights "
+                        "(the published weights lose quality at its setting)")
+    from amsr.weights import sha256_of
+
+    if want is not None and sha256_of(weights) != want:
+        raise AmsrError(f"{spec} was calibrated for the fine-tuned weights {name} (sha256 {str(want)[:12]}…), "
+                        f"not {weights}")
 
 
 def shipped_default_or_dense(model_id: str, scale: int,

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from amsr.cli.calibrate import main as calibrate_main
 from amsr.cli.finetune import main
 from amsr.core.errors import AmsrError, InputImageError
+from amsr.operating_point import resolve_operating_point
 from amsr.io.images import list_images, read_rgb8, save_png, to_tensor
 from amsr.masking.mask import MaskConfig
 from amsr.models import load_model, unwrap_accelerated
@@ -135,6 +137,26 @@ def test_cli_trains_and_refuses_in_one_line(train_dir: Path, weights_dir: Path, 
     assert out.is_file() and out.with_suffix(".json").is_file() and not state_path_for(out).exists()
     assert "2/2 steps" in capsys.readouterr().out
     assert json.loads(out.with_suffix(".json").read_text())["held_out"] == 1
+
+    # Recalibrated as fine-tuned weights (against the original they replace): the thin blends are measured too.
+    op_file = tmp_path / "op.json"
+    assert calibrate_main(["--model", "carn_m", "--scale", "4", "--weights", str(out), "--reference-weights", weights,
+                           "--images", str(train_dir / "sub"), "--max-images", "1", "--crop", "0",
+                           "--json", str(op_file)]) == 0
+    op = json.loads(op_file.read_text())
+    assert op["calibration"]["fine_tuned"] is True and op["calibration"]["reference_weights"] == weights
+    measured = {(g["config"]["dilation"], g["config"]["output_dilation"]) for g in op["grid"]}
+    assert (2, 2) in measured and (6, 3) in measured, measured
+    assert op["calibration"]["weights_sha256"] == sha256_of(out)
+    # One image of a 2-step run fits no budget (dense); with the grid's d 2 / 2 chosen, it runs with the weights
+    # it was calibrated for, and only with them.
+    thin = next(g["config"] for g in op["grid"] if (g["config"]["dilation"], g["config"]["output_dilation"]) == (2, 2))
+    op_file.write_text(json.dumps({**op, "config": thin}))
+    assert resolve_operating_point(str(op_file), "carn_m", 4, out)[0].output_dilation == 2
+    for other, needle in ((None, "give them with --weights"), (weights, "not " + weights)):
+        with pytest.raises(AmsrError, match=needle):
+            resolve_operating_point(str(op_file), "carn_m", 4, other)
+    capsys.readouterr()
 
     for argv, needle in (
         ([*common, "--steps", "2", "--out", str(out)], "give the mask"),

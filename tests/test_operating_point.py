@@ -23,6 +23,7 @@ from amsr.operating_point import (
     default_operating_point,
     shipped_defaults,
 )
+from amsr.weights import sha256_of
 from amsr.zoo import architecture_names, get_architecture
 from amsr.zoo.descriptor import Architecture, SparseRules
 
@@ -177,6 +178,29 @@ def test_eval_file_named_default_is_still_a_file(tmp_path: Path, monkeypatch: py
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["settings"]["dilation"] == 3 and r["settings"]["operating_point"] == {"source": str(f)}
+
+
+def test_eval_runs_a_fine_tuned_operating_point_only_with_its_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An operating point calibrated for fine-tuned weights names them by sha256: the published weights (no
+    --weights) or other weights get one line, not a setting that damages them."""
+    monkeypatch.setattr(eval_cli, "load_model", _tiny_loader)
+    tuned, other = tmp_path / "tuned.pth", tmp_path / "other.pth"
+    tuned.write_bytes(b"tuned")
+    other.write_bytes(b"other")
+    f = tmp_path / "op.json"
+    f.write_text(json.dumps({"model": "carn_m", "scale": SCALE, "config": {"dilation": 2, "output_dilation": 2},
+                             "calibration": {"fine_tuned": True, "weights": str(tuned),
+                                             "weights_sha256": sha256_of(tuned)}}))
+    common = ["--model", "carn_m", "--scale", str(SCALE), "--data", str(_mini_set(tmp_path / "set")),
+              "--operating-point", str(f), "--no-progress"]
+    for extra, needle in (([], "give them with --weights"), (["--weights", str(other)], "not " + str(other))):
+        assert eval_cli.main([*common, *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("amsr-eval: error:") and "\n" not in err and needle in err, err
+    out = tmp_path / "r.json"
+    assert eval_cli.main([*common, "--weights", str(tuned), "--json", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["settings"]["output_dilation"] == 2
 
 
 def _grid_pairs(arch_name: str) -> list[tuple[int, int | None, float]]:

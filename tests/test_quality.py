@@ -19,7 +19,7 @@ from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel
 from amsr.operating_point import GridPoint, pick
 from amsr.surgery import accelerate
-from amsr.tools.calibrate import choose_operating_point, score_grid
+from amsr.tools.calibrate import FINE_TUNED_PAIRS, choose_operating_point, default_grid, score_grid
 from amsr.zoo.descriptor import Architecture, SparseRules
 
 SCALE = 2
@@ -152,6 +152,32 @@ def test_pick_refuses_a_blend_margin_under_three_pixels():
     assert pick([thin, _point(6, 3, 0.03, 0.3)], 0.05).config == MaskConfig(dilation=6, output_dilation=3)
     assert pick([thin], 0.05) is None
     assert pick([_point(2, None, 0.01, 0.4)], 0.05).config == MaskConfig(dilation=2)  # no blend: no margin
+
+
+def test_fine_tuned_weights_admit_thin_blends_on_their_measured_loss():
+    """The blend floor was measured on published weights; weights trained under their mask are judged by the
+    loss measured for them, and the per-image rule still holds."""
+    thin = GridPoint(MaskConfig(dilation=2, output_dilation=2), 0.04, 0.0, 0.6, 1.0, 0.5, 0.4, None, 0.12)
+    floor = _point(6, 3, 0.03, 0.3)
+    assert pick([thin, floor], 0.05) == floor
+    assert pick([thin, floor], 0.05, fine_tuned=True) == thin
+    one_bad = GridPoint(MaskConfig(dilation=1, output_dilation=1), 0.04, 0.0, 0.5, 1.0, 0.4, 0.3, None, 0.4)
+    assert pick([one_bad, floor], 0.05, fine_tuned=True) == floor  # 0.4 dB on one image > 3 × 0.05
+    points = [thin, floor]
+    op = choose_operating_point(_tiny_model(), [(np.zeros(1), np.zeros(1))], 0.05,
+                                scorer=lambda m, i, g: points, fine_tuned=True)
+    assert op.config == thin.config and op.calibration["fine_tuned"] is True
+    assert "fine_tuned" not in choose_operating_point(_tiny_model(), [(np.zeros(1), np.zeros(1))], 0.05,
+                                                      scorer=lambda m, i, g: points).calibration
+
+
+def test_fine_tuned_grid_adds_the_thin_blends_once():
+    model = _tiny_model()
+    published = {(c.dilation, c.output_dilation) for c in default_grid(model)}
+    tuned = [(c.dilation, c.output_dilation) for c in default_grid(model, fine_tuned=True)]
+    assert len(tuned) == len(set(tuned))
+    assert set(tuned) == published | set(FINE_TUNED_PAIRS)
+    assert (2, 2) in tuned and (2, 2) not in published
 
 
 def test_pick_refuses_a_point_that_loses_too_much_on_one_image():

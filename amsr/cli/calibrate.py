@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest mean Y-PSNR loss allowed, dB (default {DEFAULT_BUDGET_DB})")
     add_calibration_args(p)
     p.add_argument("--reference-weights", type=Path, metavar="FILE",
-                   help="measure the loss against this checkpoint's dense output (for fine-tuned --weights: the "
-                        "original they replace; default: the --weights network's own)")
+                   help="the --weights are fine-tuned (amsr-finetune) and replace this original checkpoint: the "
+                        "loss is measured against its dense output, and the thin blends only fine-tuned weights "
+                        "tolerate are measured and admitted too (default: the --weights network's own output, "
+                        "published weights' grid)")
     p.add_argument("--json", required=True, type=Path, metavar="FILE",
                    help="write the operating point here (a file named 'default' is given to --operating-point "
                         "as ./default)")
@@ -69,7 +71,8 @@ def calibrate(args: argparse.Namespace, folder: Path, budget: float) -> Operatin
         raise UsageError("--reference-weights is for zoo models (--model)")
     reference = load_model(args.model, args.scale, weights=ref_weights, variant=args.variant) if ref_weights else None
     progress = (lambda s: print(f"calibrating {s}", file=sys.stderr)) if getattr(args, "verbose", False) else None
-    op = choose_operating_point(model, pairs, budget, progress=progress, reference=reference)
+    op = choose_operating_point(model, pairs, budget, progress=progress, reference=reference,
+                                fine_tuned=reference is not None)
     op.calibration.update({"folder": str(folder), "crop_lr_px": args.crop or None,
                            "lr": "torch bicubic downscale, antialias=True, uint8"})
     return op

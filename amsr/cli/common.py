@@ -172,7 +172,7 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
         from amsr.operating_point import resolve_operating_point
 
         model_id = args.model or getattr(args, "module", None)  # --module: the spec is the id calibration wrote
-        return resolve_operating_point(args.operating_point, str(model_id), args.scale)
+        return resolve_operating_point(args.operating_point, str(model_id), args.scale, getattr(args, "weights", None))
     if given:
         config = mask_config_from(args)
         if config.output_dilation is None:

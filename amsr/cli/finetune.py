@@ -3,7 +3,9 @@ costs less quality at the same mask. Writes a checkpoint in the architecture's o
 tool with --weights) and a JSON provenance record beside it (base checkpoint sha256, data, steps, settings,
 seed, final loss). Interrupted runs resume from the state file beside --out; the same seed, data and thread
 count give the same weights. Train on your own HR images, never on a test set you report; then recalibrate
-(amsr-calibrate --weights OUT) for an operating point of the new weights."""
+(amsr-calibrate --weights OUT --reference-weights ORIGINAL) for an operating point of the new weights: the
+loss is measured against the original network, and the thin blends only fine-tuned weights tolerate are
+measured too."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from amsr.io.metrics import psnr_y, ssim_y
 from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, unwrap_accelerated
 from amsr.operating_point import GridPoint, OperatingPoint, check_budget, pick, within_blend_floor
+from amsr.weights import sha256_of
 
 Pair = tuple[np.ndarray, np.ndarray]  # (LR, HR) uint8 H×W×3
 
@@ -161,11 +162,13 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
                            scorer: Callable[[LoadedModel, Sequence[Pair], list[MaskConfig]], list[GridPoint]]
                            | None = None,
                            progress: Callable[[str], None] | None = None,
-                           reference: LoadedModel | None = None) -> OperatingPoint:
-    """Measure ``grid`` (default ``default_grid``) on the calibration ``images`` and pick the most
-    compute-saving setting whose mean Y-PSNR loss is ≤ ``budget_db``. ``scorer`` replaces ``score_grid``
+                           reference: LoadedModel | None = None, fine_tuned: bool = False) -> OperatingPoint:
+    """Measure ``grid`` (default ``default_grid(model, fine_tuned)``) on the calibration ``images`` and pick the
+    most compute-saving setting whose mean Y-PSNR loss is ≤ ``budget_db``. ``scorer`` replaces ``score_grid``
     (tests). ``config`` of the result is None when nothing fits: use the dense model. ``reference``: the
-    network whose dense output the loss is measured against (``score_grid``).
+    network whose dense output the loss is measured against (``score_grid``). ``fine_tuned``: the weights were
+    trained under their mask (``amsr-finetune``), so the thin blends below the published weights' floor are
+    measured and admitted on their loss (``admissible``).
 
     Raises:
         AmsrError: a negative or non-finite budget, or no calibration images.
@@ -173,11 +176,14 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
     check_budget(budget_db)
     if not images:
         raise AmsrError("no calibration images")
-    grid = list(grid) if grid is not None else default_grid(model)
+    grid = list(grid) if grid is not None else default_grid(model, fine_tuned)
     points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress, reference)))(model, images, grid)
-    best = pick(points, budget_db, model.arch.rules)
+    best = pick(points, budget_db, model.arch.rules, fine_tuned)
     calibration: dict[str, object] = {"images": len(images)}
     if reference is not None:
         calibration["reference_weights"] = str(reference.weights)
+    if fine_tuned:  # the thin blends were admitted: for these weights only (check_fine_tuned_weights)
+        sha = sha256_of(model.weights) if Path(model.weights).is_file() else None  # None: in-memory weights (tests)
+        calibration.update({"fine_tuned": True, "weights": str(model.weights), "weights_sha256": sha})
     return OperatingPoint(model.arch.id, model.scale, float(budget_db), best.config if best else None, best,
                           calibration, tuple(points))
