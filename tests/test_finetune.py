@@ -122,6 +122,8 @@ def test_saved_checkpoint_loads_everywhere_with_its_record(carn_m, train_dir: Pa
     assert record["weights_sha256"] == sha256_of(ckpt)
     assert record["steps_done"] == 2 and record["spec"]["config"]["dilation"] == 1 and record["spec"]["seed"] == 0
     assert np.isfinite(record["final_loss_l1"])
+    twin, _ = save_finetuned(tmp_path / "other_name.pth", result)  # equal weights, equal bytes, whatever the name
+    assert sha256_of(twin) == record["weights_sha256"]
     again = load_model("carn_m", 4, weights=ckpt)
     loaded = again.net.state_dict()
     assert all(torch.equal(loaded[k], result.state_dict[k]) for k in loaded)

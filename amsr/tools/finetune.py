@@ -22,6 +22,7 @@ atomically every ``save_every`` steps and at the end.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -350,7 +351,11 @@ def _resume(path: Path, identity: dict[str, Any], state: dict[str, torch.Tensor]
 def save_finetuned(out: Path, result: FinetuneResult) -> tuple[Path, Path]:
     """Write the checkpoint (``torch.save`` of the state dict) and its provenance record, each atomically;
     the record gets the checkpoint's sha256. Returns (checkpoint, record)."""
-    save_with(out, lambda tmp: torch.save(result.state_dict, tmp))
+    # Saved through memory: a zip written to a path takes the file's name as its root folder, so the atomic
+    # write's random temp name changed the bytes (and the sha256 operating points bind to) of equal weights.
+    buf = io.BytesIO()
+    torch.save(result.state_dict, buf)
+    save_bytes(out, buf.getvalue())
     record = {**result.record, "weights_sha256": sha256_of(out)}
     rec = record_path_for(out)
     save_bytes(rec, (json.dumps(record, indent=2) + "\n").encode())
