@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -75,3 +77,27 @@ def load_script(stem: str) -> ModuleType:
         sys.modules[name] = module  # dataclasses resolve their annotations through sys.modules
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Under pytest-xdist each worker gets an equal share of the cores for torch's intra-op threads: 2 workers
+    # × 2 threads on the 2-core CI machine would oversubscribe it (exports, the bulk of the suite, are
+    # single-threaded Python, which is why the suite runs in 2 workers at all).
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        # The controller names the run (xdist hands the id to every worker) so that it knows what to remove.
+        import uuid
+
+        config.option.testrunuid = config.option.testrunuid or uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The export folder the xdist workers share (tests/onnx_exports.py) is removed by the controller, after
+    # every worker is done with it.
+    from tests.onnx_exports import run_dir
+
+    run_id = None if hasattr(session.config, "workerinput") else getattr(session.config.option, "testrunuid", None)
+    if run_id:
+        shutil.rmtree(run_dir(run_id), ignore_errors=True)

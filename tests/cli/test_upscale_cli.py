@@ -122,22 +122,27 @@ def test_user_errors_are_one_line(tmp_path: Path, fsrcnn_x2_onnx: Path, capsys: 
 def test_model_at_the_default_operating_point(tmp_path: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     """The production path for the shipped default: export once (output blend, verified against PyTorch
-    before it is written), cache, upscale."""
+    before it is written), cache, upscale. The cache is the test run's (tests/onnx_exports.py): the tests that
+    use this graph share one export."""
     import json
 
     from amsr.export.metadata import read_metadata
     from amsr.operating_point import default_operating_point
+    from amsr.runtime.upscaler import export_cache_path
+    from tests.onnx_exports import export_cache
 
-    monkeypatch.setenv("AMSR_CACHE_DIR", str(tmp_path / "cache"))
+    weights = weights_dir / "carn_m.pth"
+    monkeypatch.setenv("AMSR_CACHE_DIR", str(export_cache().parent))
     a, *_ = _inputs(tmp_path / "in")
     rc, lines = _run(capsys, a, "--out", tmp_path / "o", "--model", "carn_m", "--scale", "4",
-                     "--weights", weights_dir / "carn_m.pth", "--operating-point", "default")
+                     "--weights", weights, "--operating-point", "default")
     assert rc == 0, lines
     assert Image.open(tmp_path / "o" / "a.png").size == (18 * 4, 14 * 4)
-    graphs = {read_metadata(g)["amsr.kind"]: g for g in (tmp_path / "cache").rglob("*.onnx")}
-    # The row graph, and the dense graph ``auto`` runs for images denser than DENSE_ABOVE_DENSITY.
-    assert set(graphs) == {"accelerated", "dense"}
-    graph = graphs["accelerated"]
-    assert read_metadata(graph)["amsr.execution"] == "rows"
     cfg = default_operating_point("carn_m", 4)
-    assert cfg is not None and json.loads(read_metadata(graph)["amsr.mask_config"]) == vars(cfg)
+    assert cfg is not None
+    # The row graph, and the dense graph ``auto`` runs for images denser than DENSE_ABOVE_DENSITY.
+    graph = export_cache_path("carn_m", 4, mask=cfg, weights=weights, cache_dir=export_cache())
+    dense = export_cache_path("carn_m", 4, accelerated=False, weights=weights, cache_dir=export_cache())
+    assert read_metadata(graph)["amsr.kind"] == "accelerated" and read_metadata(dense)["amsr.kind"] == "dense"
+    assert read_metadata(graph)["amsr.execution"] == "rows"
+    assert json.loads(read_metadata(graph)["amsr.mask_config"]) == vars(cfg)
