@@ -17,7 +17,7 @@ from amsr.sparse.pixel import ExecutionMode
 from amsr.surgery import AcceleratedSR, accelerate, check_sr_input, parameter_dtype
 from amsr.core.tracing import is_tracing
 from amsr.weights import check_official_scale, resolve_weights
-from amsr.zoo import Architecture, detect_architecture, get_architecture
+from amsr.zoo import Architecture, architecture_at, detect_architecture, get_architecture
 from amsr.zoo.padding import PaddedSR
 
 #: Every zoo network takes RGB (its head conv has 3 input channels).
@@ -87,8 +87,7 @@ def load_model(name: str, scale: int, weights: str | os.PathLike[str] | None = N
     arch = get_architecture(name)
     if arch.variants and variant and variant not in arch.variants:
         raise UnsupportedModelError(f"{name}: unknown variant {variant!r} (choose from {', '.join(arch.variants)})")
-    if scale not in arch.scales:
-        raise UnsupportedModelError(f"{name} has no x{scale} model (scales: {', '.join(map(str, arch.scales))})")
+    architecture_at(name, scale)
     if weights is None:
         wf = arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else ""))
         path = resolve_weights(wf, allow_download=allow_download)

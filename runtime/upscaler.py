@@ -429,11 +429,11 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
                  variant: str, weights: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None,
                  opset: int | None) -> tuple[Path, Path, MaskConfig, ExportKey]:
     from amsr.core import paths
-    from amsr.core.errors import AmsrError, UnsupportedModelError
+    from amsr.core.errors import AmsrError
     from amsr.export.cache_key import export_key
     from amsr.masking.mask import MaskConfig
     from amsr.weights import resolve_weights
-    from amsr.zoo import get_architecture
+    from amsr.zoo import architecture_at
 
     config = mask or MaskConfig()
     if dilation is not None:
@@ -441,9 +441,7 @@ def _cache_entry(name: str, scale: int, dilation: int | None, accelerated: bool,
             config = replace(config, dilation=dilation)
         except ValueError as e:
             raise AmsrError(str(e)) from None
-    arch = get_architecture(name)
-    if scale not in arch.scales:
-        raise UnsupportedModelError(f"{name} has no x{scale} model (scales: {', '.join(map(str, arch.scales))})")
+    arch = architecture_at(name, scale)
     if weights is None:
         wpath = resolve_weights(arch.weight_file(scale, variant or (arch.variants[0] if arch.variants else "")))
     else:

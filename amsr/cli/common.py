@@ -163,7 +163,8 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
       where none is calibrated or the default is the dense model: run the dense network.
 
     Raises:
-        AmsrError: both ``--operating-point`` and mask options; a bad operating point or bad settings.
+        AmsrError: both ``--operating-point`` and mask options; a bad operating point or bad settings; an
+            unknown ``--model`` or one without a model at ``--scale``.
     """
     given = mask_options_given(args)
     if getattr(args, "operating_point", None) is not None:
@@ -183,7 +184,9 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
 
         return MaskConfig(), None
     from amsr.operating_point import shipped_default_or_dense
+    from amsr.zoo import architecture_at
 
+    architecture_at(args.model, args.scale)  # "no x5 model", not "no calibrated operating point for x5"
     return shipped_default_or_dense(args.model, args.scale)
 
 

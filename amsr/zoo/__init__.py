@@ -26,7 +26,7 @@ _REGISTRY: dict[str, str] = {
 }
 
 __all__ = ["Architecture", "SizeRequirements", "SparseRules", "StateDict", "WeightFile",
-           "architecture_names", "get_architecture", "detect_architecture"]
+           "architecture_names", "get_architecture", "architecture_at", "detect_architecture"]
 
 
 def architecture_names() -> list[str]:
@@ -45,6 +45,14 @@ def get_architecture(name: str) -> Architecture:
     arch = importlib.import_module(f"amsr.zoo.{module}").ARCH
     if arch.id != name:
         raise AssertionError(f"registry entry {name!r} points at descriptor {arch.id!r}")
+    return arch
+
+
+def architecture_at(name: str, scale: int) -> Architecture:
+    """``get_architecture(name)``, which must have a model at ``scale`` (``UnsupportedModelError`` otherwise)."""
+    arch = get_architecture(name)
+    if scale not in arch.scales:
+        raise UnsupportedModelError(f"{name} has no x{scale} model (scales: {', '.join(map(str, arch.scales))})")
     return arch
 
 

@@ -261,3 +261,22 @@ def test_upscale_model_with_an_unwritable_cache_is_one_line(weights_dir: Path, b
     rc = main([str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--model", "fsrcnn", "--scale", "2",
                "--weights", str(weight_file(weights_dir, "fsrcnn_y_x2.pth")), "--dense", "--no-progress"])
     assert rc == 1 and "export cache" in _one_error_line(capsys, "amsr-upscale")
+
+
+@pytest.mark.parametrize("prog", ["eval", "bench", "upscale"])
+def test_a_scale_the_model_lacks_is_named_as_such(prog: str, tmp_path: Path, no_model_load: None,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Without mask options the tools look up the shipped default; for carn_m x5 they said "no calibrated
+    operating point for carn_m x5 … nothing to compare" instead of the scales the model has."""
+    import importlib
+
+    from PIL import Image
+
+    main = importlib.import_module(f"amsr.cli.{prog}").main
+    for sub, side in (("LR", 20), ("HR", 100)):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / sub / "in.png")
+    where = ["--out", str(tmp_path / "o"), str(tmp_path / "LR" / "in.png")] if prog == "upscale" else \
+        ["--data", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    assert main(["--model", "carn_m", "--scale", "5", *where, "--no-progress"]) == 1
+    assert _one_error_line(capsys, f"amsr-{prog}").endswith("carn_m has no x5 model (scales: 2, 3, 4)")
