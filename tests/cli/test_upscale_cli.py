@@ -133,6 +133,7 @@ def test_model_at_the_default_operating_point(tmp_path: Path, weights_dir: Path,
 
     weights = weights_dir / "carn_m.pth"
     monkeypatch.setenv("AMSR_CACHE_DIR", str(export_cache().parent))
+    before = set(export_cache().glob("*.onnx"))  # what other tests of the run exported
     a, *_ = _inputs(tmp_path / "in")
     rc, lines = _run(capsys, a, "--out", tmp_path / "o", "--model", "carn_m", "--scale", "4",
                      "--weights", weights, "--operating-point", "default")
@@ -143,6 +144,7 @@ def test_model_at_the_default_operating_point(tmp_path: Path, weights_dir: Path,
     # The row graph, and the dense graph ``auto`` runs for images denser than DENSE_ABOVE_DENSITY.
     graph = export_cache_path("carn_m", 4, mask=cfg, weights=weights, cache_dir=export_cache())
     dense = export_cache_path("carn_m", 4, accelerated=False, weights=weights, cache_dir=export_cache())
+    assert set(export_cache().glob("*.onnx")) - before <= {graph, dense}  # no other graph exported
     assert read_metadata(graph)["amsr.kind"] == "accelerated" and read_metadata(dense)["amsr.kind"] == "dense"
     assert read_metadata(graph)["amsr.execution"] == "rows"
     assert json.loads(read_metadata(graph)["amsr.mask_config"]) == vars(cfg)
