@@ -29,10 +29,12 @@ def main() -> int:
     ap.add_argument("--dilation", type=int, default=1)
     ap.add_argument("--output-dilation", type=int)
     ap.add_argument("--window-threshold", type=float, default=0.5)
+    ap.add_argument("--hf-floor", type=float)
     ap.add_argument("--sets", nargs="+", required=True, help="folders with HR/ and LR/")
     a = ap.parse_args()
     torch.set_num_threads(2)
-    config = MaskConfig(dilation=a.dilation, output_dilation=a.output_dilation, window_threshold=a.window_threshold)
+    config = MaskConfig(dilation=a.dilation, output_dilation=a.output_dilation, window_threshold=a.window_threshold,
+                        hf_floor=a.hf_floor)
     base = load_model(a.model, a.scale)
     dense = base.dense()
     models = {"original": base.accelerated(config)}

@@ -171,7 +171,7 @@ def test_nan_sigma_no_longer_switches_the_mask_off() -> None:
 
 def test_cli_mask_options_out_of_range_are_amsr_errors() -> None:
     base = {"blur_size": 5, "blur_sigma": 1.5, "dilation": 1, "window_threshold": 0.5}
-    for over in ({"dilation": 3000000000}, {"blur_size": 100001}, {"blur_sigma": float("nan")}):
+    for over in ({"dilation": 3000000000}, {"blur_size": 100001}, {"blur_sigma": float("nan")}, {"hf_floor": 2.0}):
         with pytest.raises(AmsrError) as e:
             mask_config_from(Namespace(**{**base, **over}))
         assert "\n" not in str(e.value)

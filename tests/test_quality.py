@@ -19,7 +19,7 @@ from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel
 from amsr.operating_point import GridPoint, pick
 from amsr.surgery import accelerate
-from amsr.tools.calibrate import FINE_TUNED_PAIRS, choose_operating_point, default_grid, score_grid
+from amsr.tools.calibrate import FINE_TUNED_PAIRS, HF_FLOORS, choose_operating_point, default_grid, score_grid
 from amsr.zoo.descriptor import Architecture, SparseRules
 
 SCALE = 2
@@ -174,10 +174,13 @@ def test_fine_tuned_weights_admit_thin_blends_on_their_measured_loss():
 def test_fine_tuned_grid_adds_the_thin_blends_once():
     model = _tiny_model()
     published = {(c.dilation, c.output_dilation) for c in default_grid(model)}
-    tuned = [(c.dilation, c.output_dilation) for c in default_grid(model, fine_tuned=True)]
-    assert len(tuned) == len(set(tuned))
-    assert set(tuned) == published | set(FINE_TUNED_PAIRS)
-    assert (2, 2) in tuned and (2, 2) not in published
+    grid = default_grid(model, fine_tuned=True)
+    for floor in HF_FLOORS:  # every pair once at each high-frequency floor
+        tuned = [(c.dilation, c.output_dilation) for c in grid if c.hf_floor == floor]
+        assert len(tuned) == len(set(tuned))
+        assert set(tuned) == published | set(FINE_TUNED_PAIRS)
+        assert (2, 2) in tuned and (2, 2) not in published
+    assert len(grid) == len(HF_FLOORS) * len(set(tuned)) and None in HF_FLOORS  # the paper's mask stays measured
 
 
 def test_pick_refuses_a_point_that_loses_too_much_on_one_image():

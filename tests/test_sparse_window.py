@@ -314,13 +314,15 @@ def test_real_imdtn_every_window_equals_dense(weights_dir: Path, data_dir: Path)
     assert part.shape == ref.shape
 
 
-def test_cli_window_threshold() -> None:
+def test_cli_window_threshold_and_hf_floor() -> None:
     import argparse
 
     p = argparse.ArgumentParser()
     add_mask_args(p)
     assert mask_config_from(p.parse_args([])).window_threshold == MaskConfig().window_threshold
     assert mask_config_from(p.parse_args(["--window-threshold", "0.25"])).window_threshold == 0.25
+    assert mask_config_from(p.parse_args(["--hf-floor", "0.04"])).hf_floor == 0.04
+    assert mask_config_from(p.parse_args([])).hf_floor is None  # the paper's mask unless asked
     with pytest.raises(AmsrError, match="window_threshold"):
         mask_config_from(p.parse_args(["--window-threshold", "-1"]))
 

@@ -91,8 +91,9 @@ def _run(args: argparse.Namespace) -> int:
               f"{op.calibration['images']} image(s): use the dense model")
     else:
         c = op.chosen
+        floor = "" if c.config.hf_floor is None else f", hf_floor {c.config.hf_floor}"
         print(f"{op.model} x{args.scale}: dilation {c.config.dilation}, output_dilation "
-              f"{c.config.output_dilation}, window_threshold {c.config.window_threshold}: "
+              f"{c.config.output_dilation}, window_threshold {c.config.window_threshold}{floor}: "
               f"{-c.loss_db:+.3f} dB, {100 * c.saved:.1f}% GMACs saved on {op.calibration['images']} image(s)")
     return 0
 

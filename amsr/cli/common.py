@@ -119,9 +119,13 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
                    help="output blend: network output where the mask dilated by D_OUT is 1, bicubic elsewhere "
                         "(D_OUT > D_NET only for weights fine-tuned so; default: no blend, the in-network "
                         "skip alone, which is lossy on pretrained checkpoints: results/README.md §1)")
+    g.add_argument("--hf-floor", type=float, metavar="TAU",
+                   help="also compute every pixel whose high-frequency value mean|x − G(x)| (on [0, 1]) is above "
+                        "TAU, whatever the 2-means says: keeps the weaker half of an image textured everywhere "
+                        "(default: none, the paper's mask)")
 
 
-_MASK_OPTIONS = ("dilation", "blur_size", "blur_sigma", "window_threshold", "output_dilation")
+_MASK_OPTIONS = ("dilation", "blur_size", "blur_sigma", "window_threshold", "output_dilation", "hf_floor")
 
 
 def mask_options_given(args: argparse.Namespace) -> list[str]:
@@ -197,6 +201,8 @@ def describe_settings(config: MaskConfig | None, source: Mapping[str, object] | 
     parts = [f"d_net {config.dilation}"]
     parts.append("no blend (raw skip)" if config.output_dilation is None else f"d_out {config.output_dilation}")
     parts.append(f"window threshold {config.window_threshold:g}")
+    if config.hf_floor is not None:
+        parts.append(f"hf floor {config.hf_floor:g}")
     where = "mask options" if source is None else str(source.get("source", "operating point"))
     if source is not None and "budget_db" in source:
         where += f", {source['budget_db']} dB budget"

@@ -33,6 +33,7 @@ from amsr.runtime.export_check import onnxruntime_check
 from amsr.runtime.onnxrt import OrtUpscaler
 from amsr.runtime.parity import compare_with_torch
 from amsr.sparse.pixel import MaskedConv2d
+from amsr.tools.calibrate import make_lr
 from amsr.zoo.descriptor import SizeRequirements
 from amsr.zoo.padding import PaddedSR
 from tests.conftest import weight_file
@@ -163,6 +164,20 @@ def test_mask_only_graph_gives_the_torch_mask(carn_weights: Path, data_dir: Path
         x = to_tensor(read_rgb8(lr_path))
         np.testing.assert_array_equal(session.run(["mask"], {"lr": x.numpy()})[0], compute_mask(x, config).numpy())
         np.testing.assert_array_equal(cut_out.mask(x.numpy()), compute_mask(x, default).numpy())
+
+
+def test_mask_graph_with_an_hf_floor_gives_the_torch_mask(carn_weights: Path, data_dir: Path, tmp_path: Path) -> None:
+    t53 = data_dir / "train" / "T91" / "t53.bmp"
+    if not t53.is_file():
+        pytest.skip(f"{t53} not found (set AMSR_DATA_DIR)")
+    config = MaskConfig(kmeans_iters=10, hf_floor=0.04)
+    path = export_mask_only(carn_m_x4(carn_weights).accelerated(config), tmp_path / "mask.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    t53_lr = to_tensor(make_lr(read_rgb8(t53), 4)[0])  # as calibration makes it
+    for x in [t53_lr, *(to_tensor(read_rgb8(p)) for p in list_images(data_dir / "Set5" / "x4" / "LR"))]:
+        np.testing.assert_array_equal(session.run(["mask"], {"lr": x.numpy()})[0], compute_mask(x, config).numpy())
+    x = t53_lr  # the floor is in the graph: without it this image's mask is much thinner
+    assert compute_mask(x, config).mean() > compute_mask(x, MaskConfig(kmeans_iters=10)).mean() + 0.1
 
 
 def test_mask_can_be_exposed_as_a_second_output(carn_weights: Path) -> None:
