@@ -3,7 +3,7 @@ model's dense output and GMACs saved, without a floor and with each floor, on th
 ``amsr-calibrate`` takes from the training folder and on any test sets given.
 
     python scripts/hf_floor_study.py --model carn_m --scale 4 --dilation 6 --output-dilation 3 \\
-        --floors 0.04 0.02 --sets ../shared/data/Set14/x4 ../shared/data/Photos2K/x4 > results/quality/hf_floor_carn_m_x4.txt
+        --floors 0.04 --sets ../shared/data/Set14/x4 ../shared/data/Photos2K/x4 > results/quality/hf_floor_carn_m_x4.txt
 
 One line per image, then per set and floor the mean and worst loss and the GMACs saved (1 − total / dense total).
 """

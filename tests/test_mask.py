@@ -147,8 +147,8 @@ def test_mask_config_json_round_trip_and_one_line_errors() -> None:
 
 def test_hf_floor_keeps_the_texture_the_2_means_splits_off(data_dir: Path) -> None:
     """T91/t53 (hair beside a face; its x4 LR as calibration makes it) is textured everywhere: the 2-means leaves
-    its weaker half out, the floor keeps every pixel above it; the paper's mask is a subset, scikit-learn's reference agrees, and a floor of 1
-    (above any value) is the paper's mask."""
+    its weaker half out, the floor keeps every pixel above it; the paper's mask is a subset, scikit-learn's
+    reference agrees, and a floor of 1 (above any value) is the paper's mask."""
     path = data_dir / "train" / "T91" / "t53.bmp"
     if not path.is_file():
         pytest.skip(f"{path} not found (set AMSR_DATA_DIR)")
