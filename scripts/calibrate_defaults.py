@@ -261,7 +261,10 @@ def main() -> int:
                           "images": a.max_images, "crop_lr_px": a.crop or None,
                           "lr": "torch bicubic downscale, antialias=True, uint8",
                           "grid": "(d_net, d_out) pairs of amsr.tools.calibrate.DEFAULT_PAIRS, window threshold "
-                                  "0.25 and 0.5 for transformers"}
+                                  "0.25 and 0.5 for transformers, each with the high-frequency floors of "
+                                  "amsr.tools.calibrate.HF_FLOORS (none, 0.04)",
+                          "rule": "most GMACs saved with the mean loss within the budget and no image losing more "
+                                  "than amsr.operating_point.WORST_IMAGE_BUDGETS budgets"}
     if a.repick and "calibration" in old:
         zoo["calibration"] = old["calibration"]  # the same calibration runs, re-picked
     zoo["models"] = old["models"]

@@ -11,7 +11,8 @@ from torch import nn
 from amsr.core.errors import UnsupportedModelError
 from amsr.io.images import read_rgb8, to_tensor
 from amsr.models import load_model
-from amsr.sparse.pixel import MaskContext, MaskedConv2d, check_maskable_conv
+from amsr.sparse import pixel
+from amsr.sparse.pixel import MaskContext, MaskedConv2d, check_maskable_conv, conv_at_pixels
 from amsr.surgery import match_modules
 
 
@@ -20,6 +21,24 @@ def carn_m(weights_dir: Path):  # type: ignore[no-untyped-def]
     if not (weights_dir / "carn_m.pth").is_file():
         pytest.skip("carn_m.pth not in the shared weights")
     return load_model("carn_m", 4, weights=weights_dir / "carn_m.pth")
+
+
+@pytest.mark.parametrize("k,groups,c_in,c_out", [(1, 1, 4, 6), (3, 1, 8, 8), (3, 4, 8, 12), (5, 2, 6, 4)])
+def test_conv_at_pixels_is_the_conv_there(monkeypatch: pytest.MonkeyPatch, k: int, groups: int, c_in: int,
+                                          c_out: int) -> None:
+    """The one gather of the masked and tail convs: any odd kernel, groups and channel counts, across chunks
+    (a chunk of 7 pixels here), on a batch of 2, with the image borders' zero padding."""
+    monkeypatch.setattr(pixel, "_CHUNK", 7)
+    torch.manual_seed(k * groups)
+    conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups)
+    x = torch.randn(2, c_in, 9, 11)
+    pick = torch.rand(2, 9, 11) > 0.4
+    pick[0, 0, 0] = pick[1, -1, -1] = True  # the corners read the padding
+    n, i, j = pick.nonzero(as_tuple=True)
+    got = conv_at_pixels(conv, x, n, i, j)
+    want = conv(x).permute(0, 2, 3, 1)[n, i, j]
+    assert got.shape == (int(n.numel()), c_out)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def _real_inputs(model, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]

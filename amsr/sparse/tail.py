@@ -28,9 +28,7 @@ from torch import nn
 
 from amsr.core.errors import UnsupportedModelError
 from amsr.masking.mask import dilate
-
-# Pixels per chunk of the gather (bounds the memory of the k²-tap patches at HR resolution).
-_CHUNK = 16384
+from amsr.sparse.pixel import conv_at_pixels
 
 
 class TailContext:
@@ -72,25 +70,12 @@ class TailMaskedConv(nn.Module):
             return self.conv(x)
         n_idx, i_idx, j_idx = (mask[:, 0] > 0.5).nonzero(as_tuple=True)
         self.last_active = int(n_idx.numel())
-        c_out = self.conv.out_channels
-        out = x.new_zeros(x.shape[0], c_out, x.shape[2], x.shape[3])
+        out = x.new_zeros(x.shape[0], x.shape[2], x.shape[3], self.conv.out_channels)  # NHWC rows, filled below
         if self.last_active == 0:
-            return out
-        k = self.conv.kernel_size[0]
-        r = k // 2
-        g = self.conv.groups
-        w = self.conv.weight.reshape(g, c_out // g, -1)  # g × out/g × (in/g·k²)
-        xp = F.pad(x, (r, r, r, r)).permute(0, 2, 3, 1)  # N×(H+2r)×(W+2r)×C
-        c = x.shape[1]
-        for s in range(0, self.last_active, _CHUNK):
-            n, i, j = n_idx[s:s + _CHUNK], i_idx[s:s + _CHUNK], j_idx[s:s + _CHUNK]
-            taps = [xp[n, i + dy, j + dx] for dy in range(k) for dx in range(k)]
-            patches = torch.stack(taps, dim=2).reshape(-1, g, (c // g) * k * k)
-            y = torch.einsum("pgk,gok->pgo", patches, w).reshape(-1, c_out)
-            if self.conv.bias is not None:
-                y = y + self.conv.bias
-            out[n, :, i, j] = y
-        return out
+            return out.permute(0, 3, 1, 2)
+        flat = (n_idx * x.shape[2] + i_idx) * x.shape[3] + j_idx
+        out.view(-1, self.conv.out_channels).index_copy_(0, flat, conv_at_pixels(self.conv, x, n_idx, i_idx, j_idx))
+        return out.permute(0, 3, 1, 2)
 
     def effective_macs(self) -> int:
         k = self.conv.kernel_size[0]
