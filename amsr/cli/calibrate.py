@@ -86,7 +86,9 @@ def _run(args: argparse.Namespace) -> int:
     check_writable(args.json, "--json")  # before minutes of calibration
     op = calibrate(args, args.images, budget)
     write_json(args.json, op.to_json())
-    if op.chosen is None:
+    if op.chosen is None and "reason" in op.calibration:
+        print(f"{op.model} x{args.scale}: {op.calibration['reason']}: use the dense model")
+    elif op.chosen is None:
         print(f"{op.model} x{args.scale}: no setting stays within {budget} dB on "
               f"{op.calibration['images']} image(s): use the dense model")
     else:

@@ -164,6 +164,12 @@ def score_grid(model: LoadedModel, pairs: Sequence[Pair], grid: Iterable[MaskCon
     return [results[c] for c in grid]
 
 
+# Why ``choose_operating_point`` measures nothing for ``SparseRules.skip_diverges`` (the amsr-calibrate line).
+SKIP_DIVERGES = ("its training-free skip diverges where the mask is sparse (flat image areas: PAN's features "
+                 "reach 1e13 on a flat photo crop), so no setting is offered; fine-tune it (amsr-finetune) and "
+                 "calibrate the checkpoint with --reference-weights")
+
+
 # The blend keeps the network only ≥ MIN_BLEND_MARGIN px inside its mask (d_net − d_out): nearer the mask's
 # edge the identity-skipped features reach the kept pixels. On the textured calibration crops a 1-px margin
 # looked free (CARN-M x4 d_net 4 / d_out 3: 0.039 dB), but on Photos2K, whose masks are fragmented, it lost
@@ -188,6 +194,9 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
     check_budget(budget_db)
     if not images:
         raise AmsrError("no calibration images")
+    if model.arch.rules.skip_diverges and not fine_tuned:  # ``admissible`` refuses every setting: measure none
+        return OperatingPoint(model.arch.id, model.scale, float(budget_db), None, None,
+                              {"images": len(images), "reason": SKIP_DIVERGES})
     grid = list(grid) if grid is not None else default_grid(model, fine_tuned)
     points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress, reference)))(model, images, grid)
     best = pick(points, budget_db, model.arch.rules, fine_tuned)

@@ -60,7 +60,11 @@ class SparseRules:
             (a user's transformer), selected by window through the adapter (``amsr.sparse.window_batch``).
         min_blend_margin: the smallest d_net − d_out of an output-blend setting calibration may pick for this
             architecture; ``None``: ``amsr.operating_point.MIN_BLEND_MARGIN``.
-        min_output_dilation: the smallest output-mask dilation d_out calibration may pick.
+        min_output_dilation: the smallest output-mask dilation d_out calibration may pick; ``None``:
+            ``amsr.operating_point.MIN_OUTPUT_DILATION``.
+        skip_diverges: the identity skip makes the body's features grow without bound where the mask is
+            sparse, so no training-free setting may be a default or a calibrated point (fine-tuned weights
+            are judged on their measured loss). The calibration crops are textured and cannot show it.
         tail: ``tail(scale)`` → the tail convs (upsampler, reconstruction) in execution order, each as
             (qualified name, resolution factor vs LR), which run only where the output blend keeps the
             network (``amsr.sparse.tail``); ``None``: the tail runs densely.
@@ -78,7 +82,8 @@ class SparseRules:
     windows: tuple[str, ...] = ()
     window_adapters: tuple[tuple[str, WindowAdapter], ...] = ()
     min_blend_margin: int | None = None
-    min_output_dilation: int = 1
+    min_output_dilation: int | None = None
+    skip_diverges: bool = False
     tail: Callable[[int], list[tuple[str, int]]] | None = None
     window_export: bool = True
     tile_break_even: float = 0.5
