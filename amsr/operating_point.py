@@ -320,8 +320,9 @@ def shipped_default_or_dense(model_id: str, scale: int,
         return None, {"source": "dense", "reason": f"no calibrated operating point for {model_id} x{scale}"}
     cfg = entry["config"]
     if cfg is None:
+        why = entry.get("calibration", {}).get("reason")  # e.g. a skip that diverges (PAN)
         return None, {"source": "dense", "budget_db": used,
-                      "reason": f"nothing within {used} dB saves compute for {model_id} x{scale}"}
+                      "reason": why or f"nothing within {used} dB saves compute for {model_id} x{scale}"}
     return config_from_json(cfg), _shipped_source(budget_db, used, entry)
 
 

@@ -38,7 +38,7 @@ from amsr.operating_point import (
     config_from_json,
     pick,
 )
-from amsr.tools.calibrate import default_grid, load_calibration, score_grid
+from amsr.tools.calibrate import SKIP_DIVERGES, default_grid, load_calibration, score_grid
 from amsr.tools.evaluate import find_pairs, load_pair
 from amsr.zoo import get_architecture
 
@@ -91,8 +91,9 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
               suffix: str = "") -> dict[str, object]:
     """The operating-points entry of one model × scale: ``pick`` per budget from the scored grid."""
     entry: dict[str, object] = {}
+    rules = get_architecture(name).rules
     for b in budgets:
-        best = pick(pts, b, get_architecture(name).rules)
+        best = pick(pts, b, rules)
         entry[budget_key(b)] = {
             "config": best.config.to_json() if best else None,
             "calibration": {"loss_db": round(best.loss_db, 4) if best else None,
@@ -100,7 +101,8 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
                             "ssim_loss": round(best.ssim_loss, 5) if best else None,
                             "saved": round(best.saved, 4) if best else None,
                             "gmacs": round(best.gmacs, 4) if best else None,
-                            "dense_gmacs": round(best.dense_gmacs, 4) if best else None, **about}}
+                            "dense_gmacs": round(best.dense_gmacs, 4) if best else None, **about,
+                            **({"reason": SKIP_DIVERGES} if best is None and rules.skip_diverges else {})}}
         print(f"{name} x{scale} budget {b}: " + (f"d_net {best.config.dilation} d_out {best.config.output_dilation} "
               f"thr {best.config.window_threshold} hf_floor {best.config.hf_floor}: {best.loss_db:+.3f} dB loss "
               f"(worst {best.worst_db}), {100 * best.saved:.1f}% saved"

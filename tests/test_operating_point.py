@@ -293,8 +293,10 @@ def test_pan_has_no_training_free_point() -> None:
     point = op_mod.GridPoint(MaskConfig(dilation=6, output_dilation=3), 0.01, 0.001, 1.0, 2.0, 0.9, 0.8, None, 0.02)
     assert not op_mod.admissible(point, 0.05, rules)
     assert op_mod.admissible(point, 0.05, rules, fine_tuned=True)
-    assert all(entry["config"] is None for budgets in shipped_defaults()["models"]["pan"].values()
-               for entry in budgets.values())
+    assert all(entry["config"] is None and entry["calibration"]["reason"] == SKIP_DIVERGES
+               for budgets in shipped_defaults()["models"]["pan"].values() for entry in budgets.values())
+    assert op_mod.shipped_default_or_dense("pan", 4) == (None, {"source": "dense", "budget_db": 0.05,
+                                                                 "reason": SKIP_DIVERGES})
 
     class _Pan:  # only what choose_operating_point reads before it would measure
         arch, scale = get_architecture("pan"), 4
