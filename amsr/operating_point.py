@@ -80,6 +80,15 @@ MIN_OUTPUT_DILATION = 3
 WORST_IMAGE_BUDGETS = 3.0
 
 
+def no_default_reason(rules: SparseRules | None) -> str | None:
+    """Why no training-free setting of an architecture is offered (``SparseRules.unsafe_training_free``), as
+    the one line calibration and the tools print; ``None``: calibrate as usual."""
+    if rules is None or rules.unsafe_training_free is None:
+        return None
+    return (f"no training-free setting is offered: {rules.unsafe_training_free}; fine-tune it (amsr-finetune) "
+            "and calibrate the checkpoint with --reference-weights")
+
+
 def within_blend_floor(dilation: int, output_dilation: int | None, rules: SparseRules | None = None) -> bool:
     """Whether a setting's blend is as wide and as far inside the network mask as the architecture allows
     (``rules.min_output_dilation``, ``rules.min_blend_margin``, else ``MIN_OUTPUT_DILATION``,
@@ -95,13 +104,14 @@ def admissible(point: GridPoint, budget_db: float, rules: SparseRules | None = N
                fine_tuned: bool = False) -> bool:
     """Whether ``point`` may be a default for ``budget_db``: within it on the mean and per image, saving
     compute, and, unless the weights are ``fine_tuned`` under their mask, of an architecture whose skip does
-    not diverge (``SparseRules.skip_diverges``: PAN) and within its blend floor (``within_blend_floor``).
+    is not unsafe training-free (``SparseRules.unsafe_training_free``: PAN, IMDN) and within its blend floor
+    (``within_blend_floor``).
     Both were measured on published weights; a fine-tuned network's settings are judged by their measured
     loss, the mean and the worst image alike."""
     c = point.config
     worst_ok = point.worst_db is None or point.worst_db <= WORST_IMAGE_BUDGETS * budget_db
     floor_ok = fine_tuned or within_blend_floor(c.dilation, c.output_dilation, rules)
-    safe = fine_tuned or rules is None or not rules.skip_diverges
+    safe = fine_tuned or no_default_reason(rules) is None
     return point.loss_db <= budget_db and point.saved > 0 and floor_ok and worst_ok and safe
 
 
@@ -320,7 +330,8 @@ def shipped_default_or_dense(model_id: str, scale: int,
         return None, {"source": "dense", "reason": f"no calibrated operating point for {model_id} x{scale}"}
     cfg = entry["config"]
     if cfg is None:
-        why = entry.get("calibration", {}).get("reason")  # e.g. a skip that diverges (PAN)
+        cal = entry.get("calibration")
+        why = cal.get("reason") if isinstance(cal, dict) else None  # SparseRules.unsafe_training_free (PAN, IMDN)
         return None, {"source": "dense", "budget_db": used,
                       "reason": why or f"nothing within {used} dB saves compute for {model_id} x{scale}"}
     return config_from_json(cfg), _shipped_source(budget_db, used, entry)

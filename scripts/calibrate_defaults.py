@@ -36,9 +36,10 @@ from amsr.operating_point import (
     GridPoint,
     budget_key,
     config_from_json,
+    no_default_reason,
     pick,
 )
-from amsr.tools.calibrate import SKIP_DIVERGES, default_grid, load_calibration, score_grid
+from amsr.tools.calibrate import default_grid, load_calibration, score_grid
 from amsr.tools.evaluate import find_pairs, load_pair
 from amsr.zoo import get_architecture
 
@@ -92,6 +93,7 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
     """The operating-points entry of one model × scale: ``pick`` per budget from the scored grid."""
     entry: dict[str, object] = {}
     rules = get_architecture(name).rules
+    unsafe = no_default_reason(rules)
     for b in budgets:
         best = pick(pts, b, rules)
         entry[budget_key(b)] = {
@@ -102,7 +104,7 @@ def entry_for(name: str, scale: int, pts: list[GridPoint], budgets: list[float],
                             "saved": round(best.saved, 4) if best else None,
                             "gmacs": round(best.gmacs, 4) if best else None,
                             "dense_gmacs": round(best.dense_gmacs, 4) if best else None, **about,
-                            **({"reason": SKIP_DIVERGES} if best is None and rules.skip_diverges else {})}}
+                            **({"reason": unsafe} if best is None and unsafe else {})}}
         print(f"{name} x{scale} budget {b}: " + (f"d_net {best.config.dilation} d_out {best.config.output_dilation} "
               f"thr {best.config.window_threshold} hf_floor {best.config.hf_floor}: {best.loss_db:+.3f} dB loss "
               f"(worst {best.worst_db}), {100 * best.saved:.1f}% saved"
@@ -286,7 +288,7 @@ def main() -> int:
                                   "amsr.tools.calibrate.HF_FLOORS (none, 0.04)",
                           "rule": "most GMACs saved with the mean loss within the budget, no image losing more "
                                   "than amsr.operating_point.WORST_IMAGE_BUDGETS budgets, and amsr.operating_point."
-                                  "admissible's blend floors and skip_diverges rule"}
+                                  "admissible's blend floors and unsafe_training_free rule"}
     if a.repick and "calibration" in old:
         zoo["calibration"] = old["calibration"]  # the same calibration runs, re-picked
     zoo["models"] = old["models"]

@@ -31,8 +31,9 @@ from amsr.zoo.descriptor import Architecture, SparseRules
 EXPECTED = {("carn_m", 2), ("carn_m", 3), ("carn_m", 4), ("imdn", 2), ("imdn", 3), ("imdn", 4),
             ("pan", 2), ("pan", 3), ("pan", 4), ("imdtn", 4), ("ngswin", 2), ("hit_srf", 4)}
 # Window skipping breaks these (results/README.md §2): nothing within 0.1 dB saves compute, the default is dense;
-# PAN's skip diverges on flat photo areas (test_pan_has_no_training_free_point).
-DENSE_DEFAULTS = {("ngswin", 2), ("hit_srf", 4), ("pan", 2), ("pan", 3), ("pan", 4)}
+# PAN and IMDN broke photos training-free (test_no_training_free_point_where_photos_broke_it).
+DENSE_DEFAULTS = {("ngswin", 2), ("hit_srf", 4), ("pan", 2), ("pan", 3), ("pan", 4), ("imdn", 2), ("imdn", 3),
+                  ("imdn", 4)}
 # Calibrated with the worst-image rule and the high-frequency floor (session 17, 20 crops); the windowed
 # models' dense defaults have nothing to check.
 WORST_IMAGE_CHECKED = EXPECTED - DENSE_DEFAULTS
@@ -283,43 +284,48 @@ def test_shipped_defaults_keep_a_flat_photo_crop(model: str, scale: int, data_di
             assert psnr_y(rgb8(y), dense, scale) >= FLAT_PHOTO_MIN_DB, (model, scale, cfg)
 
 
-def test_pan_has_no_training_free_point() -> None:
-    """PAN's skip diverges (``SparseRules.skip_diverges``): calibration measures nothing and answers dense
-    with the reason, every shipped PAN entry is dense, and fine-tuned weights are still judged on their loss."""
-    from amsr.tools.calibrate import SKIP_DIVERGES, choose_operating_point
+@pytest.mark.parametrize("model", ["pan", "imdn"])
+def test_no_training_free_point_where_photos_broke_it(model: str) -> None:
+    """PAN (its skip diverges) and IMDN (2.47 dB lost on a photo) are ``unsafe_training_free``: calibration
+    measures nothing and answers dense with the reason, every shipped entry is dense and says why, and
+    fine-tuned weights are still judged on their loss."""
+    from amsr.tools.calibrate import choose_operating_point
 
-    rules = get_architecture("pan").rules
-    assert rules.skip_diverges
+    rules = get_architecture(model).rules
+    reason = op_mod.no_default_reason(rules)
+    assert reason is not None and rules.unsafe_training_free in reason
+    assert op_mod.no_default_reason(get_architecture("carn_m").rules) is None
     point = op_mod.GridPoint(MaskConfig(dilation=6, output_dilation=3), 0.01, 0.001, 1.0, 2.0, 0.9, 0.8, None, 0.02)
     assert not op_mod.admissible(point, 0.05, rules)
     assert op_mod.admissible(point, 0.05, rules, fine_tuned=True)
-    assert all(entry["config"] is None and entry["calibration"]["reason"] == SKIP_DIVERGES
-               for budgets in shipped_defaults()["models"]["pan"].values() for entry in budgets.values())
-    assert op_mod.shipped_default_or_dense("pan", 4) == (None, {"source": "dense", "budget_db": 0.05,
-                                                                 "reason": SKIP_DIVERGES})
+    assert all(entry["config"] is None and entry["calibration"]["reason"] == reason
+               for budgets in shipped_defaults()["models"][model].values() for entry in budgets.values())
+    assert op_mod.shipped_default_or_dense(model, 4) == (None, {"source": "dense", "budget_db": 0.05,
+                                                                 "reason": reason})
 
-    class _Pan:  # only what choose_operating_point reads before it would measure
-        arch, scale = get_architecture("pan"), 4
+    class _Model:  # only what choose_operating_point reads before it would measure
+        arch, scale = get_architecture(model), 4
 
     def scorer(*_: object) -> list[op_mod.GridPoint]:
         raise AssertionError("nothing is measured")
 
     lr, hr = np.zeros((16, 16, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
-    op = choose_operating_point(_Pan(), [(lr, hr)], 0.05, scorer=scorer)  # type: ignore[arg-type]
-    assert op.config is None and op.calibration["reason"] == SKIP_DIVERGES
+    op = choose_operating_point(_Model(), [(lr, hr)], 0.05, scorer=scorer)  # type: ignore[arg-type]
+    assert op.config is None and op.calibration["reason"] == reason
 
 
 def test_a_pan_blend_given_by_hand_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     """PAN with mask options still runs them (the user asked), with a one-line warning why no default exists;
     CARN-M's blend does not warn."""
     from amsr.cli.common import config_and_source
-    from amsr.tools.calibrate import SKIP_DIVERGES
 
     parser = eval_cli.build_parser()
+    reason = op_mod.no_default_reason(get_architecture("pan").rules)
+    assert reason
     for model, warned in (("pan", True), ("carn_m", False)):
         caplog.clear()
         args = parser.parse_args(["--model", model, "--scale", "4", "--data", "x", "--dilation", "6",
                                   "--output-dilation", "3"])
         config, source = config_and_source(args)
         assert config == MaskConfig(dilation=6, output_dilation=3) and source is None
-        assert (SKIP_DIVERGES in caplog.text) == warned, model
+        assert (reason in caplog.text) == warned, model

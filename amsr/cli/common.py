@@ -183,12 +183,12 @@ def config_and_source(args: argparse.Namespace) -> tuple[MaskConfig | None, dict
         if config.output_dilation is None:
             log.warning("warning: %s", RAW_SKIP_WARNING)
         elif getattr(args, "model", None) and not getattr(args, "weights", None):
+            from amsr.operating_point import no_default_reason
             from amsr.zoo import get_architecture
 
-            if get_architecture(args.model).rules.skip_diverges:  # the published weights
-                from amsr.tools.calibrate import SKIP_DIVERGES
-
-                log.warning("warning: %s: %s", args.model, SKIP_DIVERGES)
+            unsafe = no_default_reason(get_architecture(args.model).rules)  # of the published weights
+            if unsafe:
+                log.warning("warning: %s: %s", args.model, unsafe)
         return config, None
     if getattr(args, "model", None) is None:
         from amsr.masking.mask import MaskConfig

@@ -27,7 +27,7 @@ from amsr.io.images import list_images, read_rgb8, to_tensor, to_uint8
 from amsr.io.metrics import psnr_y, ssim_y
 from amsr.masking.mask import MaskConfig
 from amsr.models import LoadedModel, unwrap_accelerated
-from amsr.operating_point import GridPoint, OperatingPoint, check_budget, pick, within_blend_floor
+from amsr.operating_point import GridPoint, OperatingPoint, check_budget, no_default_reason, pick, within_blend_floor
 from amsr.weights import sha256_of
 
 Pair = tuple[np.ndarray, np.ndarray]  # (LR, HR) uint8 H×W×3
@@ -164,12 +164,6 @@ def score_grid(model: LoadedModel, pairs: Sequence[Pair], grid: Iterable[MaskCon
     return [results[c] for c in grid]
 
 
-# Why ``choose_operating_point`` measures nothing for ``SparseRules.skip_diverges`` (the amsr-calibrate line).
-SKIP_DIVERGES = ("its training-free skip diverges where the mask is sparse (flat image areas: PAN's features "
-                 "reach 1e13 on a flat photo crop), so no setting is offered; fine-tune it (amsr-finetune) and "
-                 "calibrate the checkpoint with --reference-weights")
-
-
 # The blend keeps the network only ≥ MIN_BLEND_MARGIN px inside its mask (d_net − d_out): nearer the mask's
 # edge the identity-skipped features reach the kept pixels. On the textured calibration crops a 1-px margin
 # looked free (CARN-M x4 d_net 4 / d_out 3: 0.039 dB), but on Photos2K, whose masks are fragmented, it lost
@@ -194,9 +188,10 @@ def choose_operating_point(model: LoadedModel, images: Sequence[Pair], budget_db
     check_budget(budget_db)
     if not images:
         raise AmsrError("no calibration images")
-    if model.arch.rules.skip_diverges and not fine_tuned:  # ``admissible`` refuses every setting: measure none
+    unsafe = no_default_reason(model.arch.rules)
+    if unsafe and not fine_tuned:  # ``admissible`` refuses every setting: measure none
         return OperatingPoint(model.arch.id, model.scale, float(budget_db), None, None,
-                              {"images": len(images), "reason": SKIP_DIVERGES})
+                              {"images": len(images), "reason": unsafe})
     grid = list(grid) if grid is not None else default_grid(model, fine_tuned)
     points = (scorer or (lambda m, i, g: score_grid(m, i, g, progress, reference)))(model, images, grid)
     best = pick(points, budget_db, model.arch.rules, fine_tuned)

@@ -62,9 +62,9 @@ class SparseRules:
             architecture; ``None``: ``amsr.operating_point.MIN_BLEND_MARGIN``.
         min_output_dilation: the smallest output-mask dilation d_out calibration may pick; ``None``:
             ``amsr.operating_point.MIN_OUTPUT_DILATION``.
-        skip_diverges: the identity skip makes the body's features grow without bound where the mask is
-            sparse, so no training-free setting may be a default or a calibrated point (fine-tuned weights
-            are judged on their measured loss). The calibration crops are textured and cannot show it.
+        unsafe_training_free: why no setting of the published weights may be a default or a calibrated
+            point (measured on photos, which the textured calibration crops cannot stand for); ``None``:
+            calibrate as usual. Fine-tuned weights are judged on their measured loss.
         tail: ``tail(scale)`` → the tail convs (upsampler, reconstruction) in execution order, each as
             (qualified name, resolution factor vs LR), which run only where the output blend keeps the
             network (``amsr.sparse.tail``); ``None``: the tail runs densely.
@@ -83,7 +83,7 @@ class SparseRules:
     window_adapters: tuple[tuple[str, WindowAdapter], ...] = ()
     min_blend_margin: int | None = None
     min_output_dilation: int | None = None
-    skip_diverges: bool = False
+    unsafe_training_free: str | None = None
     tail: Callable[[int], list[tuple[str, int]]] | None = None
     window_export: bool = True
     tile_break_even: float = 0.5
