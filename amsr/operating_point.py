@@ -103,11 +103,10 @@ def within_blend_floor(dilation: int, output_dilation: int | None, rules: Sparse
 def admissible(point: GridPoint, budget_db: float, rules: SparseRules | None = None,
                fine_tuned: bool = False) -> bool:
     """Whether ``point`` may be a default for ``budget_db``: within it on the mean and per image, saving
-    compute, and, unless the weights are ``fine_tuned`` under their mask, of an architecture whose skip does
-    is not unsafe training-free (``SparseRules.unsafe_training_free``: PAN, IMDN) and within its blend floor
-    (``within_blend_floor``).
-    Both were measured on published weights; a fine-tuned network's settings are judged by their measured
-    loss, the mean and the worst image alike."""
+    compute, and, unless the weights are ``fine_tuned`` under their mask, of an architecture that offers
+    training-free settings at all (``no_default_reason``: not PAN or IMDN) and within its blend floor
+    (``within_blend_floor``). Both were measured on published weights; a fine-tuned network's settings are
+    judged by their measured loss, the mean and the worst image alike."""
     c = point.config
     worst_ok = point.worst_db is None or point.worst_db <= WORST_IMAGE_BUDGETS * budget_db
     floor_ok = fine_tuned or within_blend_floor(c.dilation, c.output_dilation, rules)

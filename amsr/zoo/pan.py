@@ -67,7 +67,8 @@ ARCH = Architecture(
     # The three half-width 3×3 convs of every SCPA block; the 1×1 convs and the HR-resolution upsampler are not.
     # Tiles never pay: x4 default, T=16, Photos2K: the tile network measured 1.35–1.69× dense on every image it
     # ran, even at density 0.03–0.22 (gmacs_ratio 0.68–0.78; results/bench/photos/pan_x4_photos2k_default_auto.json).
-    # Set5/Set14 hold 0.02 dB (their masks are 0.9 full); CARN-M and IMDN keep 56–59 dB on that crop.
+    # unsafe_training_free: measured on a 120×200 LR crop of img_002 (results §3), where CARN-M and IMDN keep
+    # 56–59 dB against dense; Set5/Set14 held 0.02 dB (their masks are 0.9 full).
     rules=SparseRules(convs=("SCPA_trunk.*.k1.0", "SCPA_trunk.*.PAConv.k3", "SCPA_trunk.*.PAConv.k4"), tail=_tail,
                       tile_break_even=-1.0,
                       unsafe_training_free="its skipped features diverge where the mask is sparse: 1e13 on the flat "
