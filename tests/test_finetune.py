@@ -114,6 +114,18 @@ def test_distillation_target_and_held_out_calibration_images(carn_m, train_dir: 
         TrainingSet(train_dir, 4, 16, config, "image", holdout=4)
 
 
+def test_squared_error_objective_trains_other_weights_and_logs_l1(carn_m, train_dir: Path) -> None:
+    """``loss="l2"`` changes what the optimiser follows, not what is logged: the first step's logged L1 is the
+    L1 run's (same data, same weights), the weights after it differ, and the record names the objective."""
+    l1 = finetune(carn_m, _spec(train_dir, steps=2))
+    l2 = finetune(carn_m, _spec(train_dir, steps=2, loss="l2"))
+    assert l1.losses[0] == pytest.approx(l2.losses[0], rel=1e-6)
+    assert any(not torch.equal(l1.state_dict[k], l2.state_dict[k]) for k in l1.state_dict)
+    assert l2.record["spec"]["loss"] == "l2" and l2.record["loss"].startswith("mean squared error")
+    with pytest.raises(AmsrError, match="loss must be one of l1, l2"):
+        _spec(train_dir, loss="huber")
+
+
 def test_saved_checkpoint_loads_everywhere_with_its_record(carn_m, train_dir: Path, tmp_path: Path) -> None:
     result = finetune(carn_m, _spec(train_dir, steps=2))
     ckpt, record_file = save_finetuned(tmp_path / "carn_m_ft.pth", result)

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--target", choices=("dense", "hr"), default="dense",
                    help="train the output towards the original network's dense output (default: distillation, "
                         "the loss is the mask's own error) or towards the HR patch")
+    t.add_argument("--loss", choices=("l1", "l2"), default="l1",
+                   help="objective: l1 (default) or l2, the squared error PSNR measures (progress shows L1 either way)")
     t.add_argument("--holdout", type=int, default=20, metavar="N",
                    help="leave out the N images amsr-calibrate --max-images N takes from --data, to calibrate "
                         "the new weights on unseen images (default 20, amsr-calibrate's default; 0 = train on all)")
@@ -80,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
         check_writable(path, what)  # before minutes of training
     spec = FinetuneSpec(config=mask_config_from(args), data=args.data, steps=args.steps, minutes=args.minutes,
                         batch=args.batch, patch=args.patch, lr=args.lr, seed=args.seed,
-                        mask_source=args.mask_source, target=args.target, holdout=args.holdout,
+                        mask_source=args.mask_source, target=args.target, loss=args.loss, holdout=args.holdout,
                         save_every=args.save_every)
     model = load_model(args.model, args.scale, weights=args.weights, variant=args.variant)
     bar = tqdm(total=spec.steps, desc="amsr-finetune", unit="step", file=sys.stderr, disable=args.no_progress)

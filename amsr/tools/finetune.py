@@ -47,6 +47,7 @@ from amsr.weights import sha256_of
 
 MASK_SOURCES = ("image", "patch")
 TARGETS = ("dense", "hr")
+LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class FinetuneSpec:
         target: what the output is trained towards: ``"dense"`` the original network's dense output on the
             same patch (distillation: the loss is the mask's own error, what the quality budget measures), or
             ``"hr"`` the HR patch (the loss then also carries the network's own error).
+        loss: the objective, ``"l1"`` (mean absolute error) or ``"l2"`` (mean squared error, what PSNR
+            measures); the record's ``*_loss_l1`` figures are L1 either way, so runs compare.
         holdout: leave out of training the images ``amsr-calibrate --max-images HOLDOUT`` takes from the same
             folder (``calibration_sample``), so the new weights are calibrated on images they never saw.
         save_every: write the resumable state every this many steps.
@@ -82,6 +85,7 @@ class FinetuneSpec:
     seed: int = 0
     mask_source: str = "image"
     target: str = "dense"
+    loss: str = "l1"
     holdout: int = 0
     save_every: int = 50
 
@@ -97,6 +101,8 @@ class FinetuneSpec:
             raise AmsrError(f"minutes must be > 0, got {self.minutes}")
         if self.target not in TARGETS:
             raise AmsrError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.loss not in LOSSES:
+            raise AmsrError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.holdout < 0:
             raise AmsrError(f"holdout must be ≥ 0, got {self.holdout}")
         if self.mask_source not in MASK_SOURCES:
@@ -286,13 +292,14 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
         else:  # distillation: the HR patch is not used (nor moved to the device)
             with torch.no_grad():
                 target = teacher(x)
-        loss = F.l1_loss(y, target)
+        l1 = F.l1_loss(y, target)
+        loss = l1 if spec.loss == "l1" else F.mse_loss(y, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(l1.detach()))
         if progress is not None:
             progress(step, spec.steps, losses[-1])
         if saved is not None and (step % spec.save_every == 0 or step == spec.steps):
@@ -308,7 +315,7 @@ def finetune(model: LoadedModel, spec: FinetuneSpec, out: Path | None = None, de
               "first_loss_l1": round(sum(losses[:20]) / len(losses[:20]), 6) if losses else None,
               "final_loss_l1": round(sum(tail) / len(tail), 6) if tail else None,
               "seconds": round(elapsed, 1), "device": str(dev), "torch": torch.__version__,
-              "loss": "L1 on [0, 1] RGB of the output as inference makes it (mask, skip, blend) against "
+              "loss": ("L1" if spec.loss == "l1" else "mean squared error") + " on [0, 1] RGB of the output as inference makes it (mask, skip, blend) against "
                       + ("the original network's dense output" if teacher is not None else "the HR patch")}
     return FinetuneResult(weights, record, losses)
 

@@ -72,6 +72,8 @@ ARCH = Architecture(
     # Only c1 maps C→C; c2/c3 take 3C/4 channels and c4 emits C/4, so the identity is not defined for them.
     # Tiles never pay (T=8, first 7 Set14 images): ≈ 95 ms/img of data movement + Reorder vs ≈ 72 ms/img for
     # the 6 dense c1 convs (31 % of its MACs).
+    # Unsafe because each IMDB's channel attention pools mean + std over the whole image: the skipped flat
+    # area moves every gate (up to 0.67 on Photos2K img_004; with the dense gates −2.47 → −0.13 dB).
     rules=SparseRules(convs=("IMDB*.c1",), tail=lambda s: [("upsampler.0", 1)], tile_break_even=-1.0,
                       unsafe_training_free="on Photos2K its calibrated x4 point (d 6 / 3 with the high-frequency "
                       "floor, Set5/Set14 within 0.02 dB) lost 0.29 dB mean and 2.47 dB on the worst photo"),
